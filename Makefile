@@ -1,0 +1,39 @@
+# The two commands a fresh machine needs are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup image run test test-unit test-e2e lint generate bench clean
+
+setup:
+	@scripts/setup.sh
+
+image: setup
+	@$(VENV)/bin/hcsshim uvm build
+
+run: setup image
+	@scripts/run-main.sh
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+test: setup image lint
+	$(PY) -m pytest -q tests
+
+test-unit: setup
+	$(PY) -m pytest -q -m "not e2e" tests
+
+test-e2e: setup image
+	$(PY) -m pytest -q -m e2e tests
+
+generate: setup
+	$(PY) -m hcsshim.api.generate
+
+bench: setup image
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""hcsshim for Python: containerd shims that run containers inside utility VMs."""
+
+__version__ = "0.1.0"

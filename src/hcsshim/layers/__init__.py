@@ -1,0 +1,1 @@
+"""hcsshim.layers"""
