@@ -2,3 +2,8 @@
 end-to-end tests share them; they live in tests/support and are imported here."""
 
 from __future__ import annotations
+
+from tests.support.containerd import containerd
+from tests.support.uvm import booted_uvm
+
+__all__ = ["booted_uvm", "containerd"]

@@ -1,0 +1,346 @@
+"""A private containerd 1.6 (Debian's /usr/bin/containerd) for end-to-end tests.
+
+Use the session fixture ``containerd`` from tests/conftest.py, or :func:`running_containerd` directly::
+
+    def test_x(containerd: Containerd) -> None:
+        containerd.ctr("images", "ls")                  # ctr --address <sock> -n <namespace> images ls
+        proc = containerd.ctr_popen("events")            # long-running ctr, stdout piped (text)
+        containerd.grpc_address / containerd.ttrpc_address   # plain socket paths, as containerd hands out
+        containerd.env                                   # containerd's environment (PATH has .venv/bin)
+        rootfs = busybox_rootfs(tmp_path / "rootfs")     # then: ctr run -d --rootfs <rootfs> id /bin/sh ...
+        containerd.log_tail(), shim_pids(containerd)     # for failure messages / leak checks
+
+``ctr(..., check=False)`` returns the CompletedProcess instead of raising ContainerdError. CRI (when
+``cri_ok``) is served on ``grpc_address`` too: ``crictl --runtime-endpoint unix://<grpc_address>``.
+
+Everything lives under one short directory ``/run/hcsshim-test-<random>/`` (root, state, sockets,
+config.toml, containerd.log) so unix socket paths stay far below 107 bytes. The config enables CRI with
+runtime handlers ``runc`` (default), ``runhcs-v1`` (io.containerd.runhcs.v1), ``lcow-v2``
+(io.containerd.lcow.v2) and ``process-v2`` (io.containerd.process.v2), no CNI config and a stream server on
+a random port; ``cri_ok`` says whether the CRI plugin actually initialised (tests that need it should skip
+when it is False). ``PATH`` starts with the venv's bin directory so containerd finds our
+``containerd-shim-*`` entry points. Teardown kills leftover tasks and the shims this containerd started
+(found by its unique socket path in their argv), stops containerd, unmounts whatever is still mounted
+under the directory, and removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+CONTAINERD = "/usr/bin/containerd"
+CTR = "/usr/bin/ctr"
+DEFAULT_NAMESPACE = "default"
+VENV_BIN = Path(sys.executable).parent
+
+CONFIG_TEMPLATE = """\
+version = 2
+root = "{root}"
+state = "{state}"
+oom_score = 0
+
+[grpc]
+  address = "{grpc}"
+
+[ttrpc]
+  address = "{ttrpc}"
+
+[debug]
+  address = "{debug}"
+  level = "debug"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{root}/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  sandbox_image = "registry.k8s.io/pause:3.6"
+
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "{base}/cni/bin"
+  conf_dir = "{base}/cni/net.d"
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "runc"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runhcs-v1]
+  runtime_type = "io.containerd.runhcs.v1"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.lcow-v2]
+  runtime_type = "io.containerd.lcow.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.process-v2]
+  runtime_type = "io.containerd.process.v2"
+"""
+
+
+class ContainerdError(RuntimeError):
+    pass
+
+
+@dataclass
+class Containerd:
+    base: Path
+    namespace: str = DEFAULT_NAMESPACE
+    process: subprocess.Popen[bytes] | None = None
+    cri_ok: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def grpc_address(self) -> str:
+        return str(self.base / "c.sock")
+
+    @property
+    def ttrpc_address(self) -> str:
+        return str(self.base / "c.sock.ttrpc")
+
+    @property
+    def config_path(self) -> Path:
+        return self.base / "config.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "containerd.log"
+
+    def ctr_argv(self, *args: str, namespace: str | None = None) -> list[str]:
+        return [CTR, "--address", self.grpc_address, "--namespace", namespace or self.namespace, *args]
+
+    def ctr(
+        self,
+        *args: str,
+        namespace: str | None = None,
+        check: bool = True,
+        timeout: float = 60.0,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``ctr`` against this containerd; raises ContainerdError with output when check fails."""
+        argv = self.ctr_argv(*args, namespace=namespace)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, input=input, env=self.env, check=False
+        )
+        if check and proc.returncode != 0:
+            raise ContainerdError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        return proc
+
+    def ctr_popen(self, *args: str, namespace: str | None = None) -> subprocess.Popen[str]:
+        """Start a long-running ``ctr`` (e.g. ``events``) with stdout piped as text; the caller ends it."""
+        return subprocess.Popen(
+            self.ctr_argv(*args, namespace=namespace),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _write_config(c: Containerd, extra_config: str) -> None:
+    for d in (c.root, c.state, c.base / "cni" / "bin", c.base / "cni" / "net.d"):
+        d.mkdir(parents=True, exist_ok=True)
+    text = CONFIG_TEMPLATE.format(
+        root=c.root,
+        state=c.state,
+        grpc=c.grpc_address,
+        ttrpc=c.ttrpc_address,
+        debug=c.base / "d.sock",
+        base=c.base,
+    )
+    c.config_path.write_text(text + extra_config)
+
+
+def _wait_ready(c: Containerd, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert c.process is not None
+        if c.process.poll() is not None:
+            raise ContainerdError(f"containerd exited with {c.process.returncode}:\n{c.log_tail()}")
+        if os.path.exists(c.grpc_address) and os.path.exists(c.ttrpc_address):
+            proc = c.ctr("version", check=False, timeout=10)
+            if proc.returncode == 0:
+                return
+        time.sleep(0.1)
+    raise ContainerdError(f"containerd not ready after {timeout}s:\n{c.log_tail()}")
+
+
+def _cri_status(c: Containerd) -> bool:
+    proc = c.ctr("plugins", "ls", check=False, timeout=20)
+    for line in proc.stdout.splitlines():
+        cols = line.split()
+        if len(cols) >= 4 and cols[1] == "cri" and cols[0] == "io.containerd.grpc.v1":
+            return cols[-1] == "ok"
+    return False
+
+
+def start_containerd(
+    *, namespace: str = DEFAULT_NAMESPACE, extra_config: str = "", timeout: float = 30.0
+) -> Containerd:
+    """Start a private containerd and wait until it answers; call :func:`stop_containerd` afterwards."""
+    base = Path(f"/run/hcsshim-test-{secrets.token_hex(4)}")
+    base.mkdir(mode=0o700, parents=True)
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
+    c = Containerd(base=base, namespace=namespace, env=env)
+    try:
+        _write_config(c, extra_config)
+        with open(c.log_path, "ab") as log:
+            c.process = subprocess.Popen(
+                [CONTAINERD, "--config", str(c.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                cwd=base,
+                start_new_session=True,
+            )
+        _wait_ready(c, timeout)
+        c.cri_ok = _cri_status(c)
+    except BaseException:
+        stop_containerd(c)
+        raise
+    return c
+
+
+def _remove_tasks(c: Containerd) -> None:
+    namespaces = c.ctr("namespaces", "ls", "-q", check=False, timeout=20).stdout.split()
+    for ns in namespaces:
+        tasks = c.ctr("tasks", "ls", "-q", namespace=ns, check=False, timeout=20).stdout.split()
+        for task in tasks:
+            c.ctr("tasks", "kill", "-a", "-s", "SIGKILL", task, namespace=ns, check=False, timeout=20)
+            c.ctr("tasks", "delete", "-f", task, namespace=ns, check=False, timeout=30)
+        containers = c.ctr("containers", "ls", "-q", namespace=ns, check=False, timeout=20).stdout.split()
+        for container in containers:
+            c.ctr("containers", "delete", container, namespace=ns, check=False, timeout=30)
+
+
+def shim_pids(c: Containerd) -> list[int]:
+    """Processes whose argv names this containerd's socket: the shims it started (and nothing else)."""
+    needle = c.grpc_address.encode()
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        if c.process is not None and int(entry) == c.process.pid:
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in argv and os.path.basename(argv[0]) != b"ctr":
+            found.append(int(entry))
+    return found
+
+
+def _unmount_below(base: Path) -> None:
+    prefix = str(base) + "/"
+    mounts: list[str] = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if point.startswith(prefix) or point == str(base):
+                mounts.append(point)
+    for point in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+def stop_containerd(c: Containerd) -> None:
+    """Tear everything down; safe to call on a half-started instance and more than once."""
+    if c.process is not None and c.process.poll() is None:
+        with contextlib.suppress(Exception):
+            _remove_tasks(c)
+        c.process.send_signal(signal.SIGTERM)
+        try:
+            c.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            c.process.kill()
+            c.process.wait(timeout=10)
+    for pid in shim_pids(c):
+        # Shims lead their own process group (containerd sets Setpgid): take the group down too, but
+        # never a group that is not the shim's own (it could be ours).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+    _unmount_below(c.base)
+    shutil.rmtree(c.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_containerd(
+    *, namespace: str = DEFAULT_NAMESPACE, extra_config: str = "", timeout: float = 30.0
+) -> Iterator[Containerd]:
+    c = start_containerd(namespace=namespace, extra_config=extra_config, timeout=timeout)
+    try:
+        yield c
+    finally:
+        stop_containerd(c)
+
+
+BUSYBOX = "/bin/busybox"
+
+
+def busybox_rootfs(dest: Path) -> Path:
+    """A minimal root filesystem (static busybox + applet links) for ``ctr run --rootfs``, no image needed."""
+    bindir = dest / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BUSYBOX, bindir / "busybox")
+    for applet in ("sh", "sleep", "cat", "echo", "ls", "true", "false", "env", "ps"):
+        link = bindir / applet
+        if not link.exists():
+            link.symlink_to("busybox")
+    for d in ("proc", "sys", "dev", "tmp", "etc", "run"):
+        (dest / d).mkdir(exist_ok=True)
+    return dest
+
+
+def available() -> str | None:
+    """None when a private containerd can run here, else the reason to skip."""
+    if os.geteuid() != 0:
+        return "needs root"
+    missing: Sequence[str] = [p for p in (CONTAINERD, CTR) if not os.path.exists(p)]
+    if missing:
+        return f"not installed: {', '.join(missing)}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def containerd() -> Iterator[Containerd]:
+    """Session-wide private containerd (skips when not root or not installed)."""
+    reason = available()
+    if reason is not None:
+        pytest.skip(f"private containerd: {reason}")
+    with running_containerd() as c:
+        yield c
