@@ -1,0 +1,127 @@
+"""``python -m hcsshim.guest --transport unix:PATH|virtio:PATH|vsock:PORT``: the guest agent (GCS)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
+from hcsshim.gcs import mux
+
+from . import log
+from .reaper import REAPER
+from .runtime import Host
+from .server import BridgeServer
+from .syscalls import set_child_subreaper
+
+LOG = log.get("main")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m hcsshim.guest", description=__doc__)
+    ap.add_argument(
+        "--transport",
+        required=True,
+        help="unix:PATH (dial a host unix socket), virtio:PATH (a virtio-serial char device), "
+        "vsock:PORT or vsock:CID:PORT (dial AF_VSOCK, CID defaults to 2, the host)",
+    )
+    ap.add_argument(
+        "--root", default="/run/gcs", help="agent state: bundles in ROOT/c/<id>, runc state in ROOT/runc"
+    )
+    ap.add_argument("--runc", default="runc", help="runc binary")
+    ap.add_argument(
+        "--cgroup-parent", default="", help="cgroup prefix for container cgroups (default: the root)"
+    )
+    ap.add_argument("--sysfs-root", default="", help=argparse.SUPPRESS)  # tests: a fake /sys prefix
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ap.add_argument("--log-format", default="text", choices=["text", "json"])
+    ap.add_argument(
+        "--log-port",
+        type=lambda v: int(v, 0),
+        default=109,
+        help="also send JSON log lines to this host port if the host listens on it (0: stderr only)",
+    )
+    return ap.parse_args(argv)
+
+
+async def open_transport(spec: str) -> mux.Transport:
+    scheme, _, rest = spec.partition(":")
+    if scheme == "unix":
+        return await mux.connect_unix(rest)
+    if scheme == "virtio":
+        return mux.open_char_device(rest or "/dev/virtio-ports/hcsshim.mux")
+    if scheme == "vsock":
+        parts = rest.split(":")
+        cid, port = (int(parts[0]), int(parts[1])) if len(parts) == 2 else (2, int(parts[0] or 0x40000000))
+        return await mux.connect_vsock(port, cid)
+    raise SystemExit(f"unknown transport {spec!r}")
+
+
+async def _forward_logs(session: mux.MuxSession, port: int) -> log.ChannelHandler | None:
+    if not port:
+        return None
+    try:
+        ch = await session.dial(port, timeout=5)
+    except (ConnectionError, TimeoutError):
+        return None  # the host does not collect guest logs (e.g. the agent runs on a Linux host)
+    return log.forward_to(ch.write)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    if not set_child_subreaper():
+        LOG.warning("cannot become a child subreaper (no ctypes); exit codes of exec'd processes may be lost")
+    REAPER.install(loop)
+    os.makedirs(args.root, exist_ok=True)
+    transport = await open_transport(args.transport)
+    session = mux.MuxSession(transport, mux.Role.GUEST).start()
+    log_handler = await _forward_logs(session, args.log_port)
+    host = Host(args.root, args.runc, args.cgroup_parent, args.sysfs_root)
+    server = BridgeServer(host, session)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    LOG.info("agent started", extra={"transport": args.transport, "root": args.root, "pid": os.getpid()})
+    serve = asyncio.create_task(server.serve_forever())
+    waiters = [
+        asyncio.create_task(stop.wait()),
+        asyncio.create_task(server.shutdown_requested.wait()),
+        asyncio.create_task(session.wait_closed()),
+        serve,
+    ]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    reason = (
+        "signal"
+        if stop.is_set()
+        else "shutdown request"
+        if server.shutdown_requested.is_set()
+        else "transport closed"
+    )
+    LOG.info("agent stopping", extra={"reason": reason})
+    await host.shutdown()
+    await asyncio.sleep(0.05)  # let the ShutdownForced response reach the host
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(session.flush(), 2)
+    for t in waiters:
+        t.cancel()
+    if log_handler is not None:
+        log_handler.close()
+    await session.aclose("agent exit")
+    REAPER.uninstall()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log.setup(args.log_level, args.log_format == "json")
+    try:
+        return asyncio.run(amain(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,510 @@
+"""The agent's state: containers, their processes, and the resources the host handed it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pty
+import re
+import shutil
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hcsshim.gcs import protocol as p
+from hcsshim.gcs.mux import MuxSession
+from hcsshim.gcs.protocol import GcsError, Hresult, NotificationType
+
+from . import log, spec, stats, storage
+from .reaper import REAPER, spawn
+from .runc import Runc, Stdio
+from .stdio import Relay, dial_ports
+from .syscalls import MNT_DETACH, is_mountpoint, mounts_under, umount
+
+LOG = log.get("runtime")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+Notify = Callable[[str, str], None]
+
+
+@dataclass
+class Process:
+    pid: int
+    container: Container | None
+    relay: Relay = field(default_factory=Relay)
+    exited: asyncio.Future[int] | None = None
+    is_init: bool = False
+    _watcher: asyncio.Future[None] | None = None
+
+    def watch(self, on_exit: Callable[[Process, int], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.exited = loop.create_future()
+        raw = REAPER.wait(self.pid)
+
+        async def finish() -> None:
+            code = await raw
+            # The host must see all output before it learns the exit code, as upstream guarantees.
+            await self.relay.wait_outputs()
+            self.relay.close()
+            assert self.exited is not None
+            if not self.exited.done():
+                self.exited.set_result(code)
+            if on_exit is not None:
+                on_exit(self, code)
+
+        self._watcher = asyncio.ensure_future(finish())
+
+
+@dataclass
+class Container:
+    id: str
+    bundle: str
+    spec: dict[str, Any]
+    kind: str
+    sandbox_id: str
+    files_dir: str
+    scratch: str
+    init: Process
+    stdio: Stdio | None
+    master: int | None
+    processes: dict[int, Process] = field(default_factory=dict)
+    started: bool = False
+    exit_type: str = NotificationType.UNEXPECTED_EXIT
+    shm_dir: str = ""
+    owns_bundle: bool = True
+
+    @property
+    def cgroups_path(self) -> str:
+        return str(self.spec.get("linux", {}).get("cgroupsPath", ""))
+
+    @property
+    def terminal(self) -> bool:
+        return bool(self.spec.get("process", {}).get("terminal"))
+
+
+class Host:
+    def __init__(self, root: str, runc_binary: str, cgroup_parent: str = "", sysfs_root: str = "") -> None:
+        self.root = root
+        self.sysfs_root = sysfs_root
+        self.runc = Runc(runc_binary, os.path.join(root, "runc"))
+        self.cgroup_parent = cgroup_parent
+        self.containers: dict[str, Container] = {}
+        self.external: dict[int, Process] = {}
+        self.session: MuxSession | None = None
+        self.notify: Notify = lambda cid, kind: None
+        self._lock = asyncio.Lock()
+
+    # ---- containers -------------------------------------------------------------------------
+
+    def container(self, cid: str) -> Container:
+        c = self.containers.get(cid)
+        if c is None:
+            raise GcsError(f"container {cid} not found", Hresult.VMCOMPUTE_SYSTEM_NOT_FOUND)
+        return c
+
+    async def create_container(self, cid: str, settings: dict[str, Any]) -> Container:
+        if not _ID.match(cid) or cid == p.NULL_CONTAINER_ID:
+            raise GcsError(f"invalid container id {cid!r}", Hresult.E_INVALIDARG)
+        version = settings.get("SchemaVersion") or {}
+        if (int(version.get("Major") or 0), int(version.get("Minor") or 0)) < (2, 1):
+            raise GcsError(f"invalid schema version: {version}", Hresult.VMCOMPUTE_INVALID_JSON)
+        oci = settings.get("OciSpecification")
+        if not isinstance(oci, dict):
+            raise GcsError("container document has no OciSpecification", Hresult.E_INVALIDARG)
+        async with self._lock:
+            if cid in self.containers:
+                raise GcsError(f"container {cid} already exists", Hresult.VMCOMPUTE_SYSTEM_ALREADY_EXISTS)
+            kind, sid = spec.container_kind(oci, cid)
+            pod: spec.PodInfo | None = None
+            if kind == "container":
+                sandbox = self.containers.get(sid)
+                if sandbox is None or sandbox.kind != "sandbox":
+                    raise GcsError(f"sandbox {sid} for container {cid} not found", Hresult.ERROR_NOT_FOUND)
+                pod = spec.PodInfo(sid, sandbox.files_dir, sandbox.init.pid, sandbox.spec.get("hostname", ""))
+            bundle = settings.get("OciBundlePath") or os.path.join(self.root, "c", cid)
+            owns_bundle = not os.path.exists(os.path.join(bundle, "config.json"))
+            os.makedirs(bundle, exist_ok=True)
+            files_dir = pod.files_dir if pod is not None else os.path.join(bundle, "pod")
+            shm_dir = ""
+            try:
+                if kind == "sandbox":
+                    shm_dir = os.path.join(files_dir, "shm")
+                    storage.mount_tmpfs(shm_dir, spec.shm_size_kb(oci))
+                elif pod is not None:
+                    shm_dir = os.path.join(pod.files_dir, "shm")
+                final = spec.adjust(
+                    oci, cid, kind, files_dir, pod=pod, shm_dir=shm_dir, cgroup_parent=self.cgroup_parent
+                )
+                with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:
+                    json.dump(final, f)
+                terminal = bool(final["process"].get("terminal"))
+                stdio = None if terminal else Stdio.pipes(True, True, True)
+                try:
+                    pid, master = await self.runc.create(cid, bundle, stdio, terminal)
+                except BaseException:
+                    if stdio:
+                        stdio.close_all()
+                    raise
+            except BaseException:
+                if kind == "sandbox" and shm_dir and is_mountpoint(shm_dir):
+                    umount(shm_dir, MNT_DETACH)
+                if owns_bundle and settings.get("OciBundlePath") is None:
+                    shutil.rmtree(bundle, ignore_errors=True)
+                raise
+            init = Process(pid, None, is_init=True)
+            c = Container(
+                cid,
+                bundle,
+                final,
+                kind,
+                sid,
+                files_dir,
+                settings.get("ScratchDirPath") or "",
+                init,
+                stdio,
+                master,
+                shm_dir=shm_dir if kind == "sandbox" else "",
+                owns_bundle=owns_bundle,
+            )
+            init.container = c
+            c.processes[pid] = init
+            self.containers[cid] = c
+            init.watch(self._init_exited)
+            LOG.info("container created", extra={"cid": cid, "kind": kind, "pid": pid, "bundle": bundle})
+            return c
+
+    def _init_exited(self, proc: Process, code: int) -> None:
+        c = proc.container
+        assert c is not None
+        LOG.info("container exited", extra={"cid": c.id, "code": code, "type": c.exit_type})
+        for other in list(c.processes.values()):
+            if other is not proc and other.exited is not None and not other.exited.done():
+                other.relay.close()
+        self.notify(c.id, c.exit_type)
+
+    async def start_init(self, c: Container, ports: tuple[int | None, int | None, int | None]) -> int:
+        if c.started:
+            raise GcsError(f"container {c.id} already started", Hresult.VMCOMPUTE_INVALID_STATE)
+        assert self.session is not None
+        chans = await dial_ports(self.session, *ports)
+        if c.terminal:
+            assert c.master is not None
+            c.init.relay.start_tty(c.master, chans[0], chans[1])
+            c.master = None  # the relay owns it now
+            if chans[2] is not None:
+                chans[2].close()
+        else:
+            assert c.stdio is not None
+            c.init.relay.start_pipes(chans, (c.stdio.stdin, c.stdio.stdout, c.stdio.stderr))
+            c.stdio.stdin = c.stdio.stdout = c.stdio.stderr = None
+        c.started = True
+        await self.runc.start(c.id)
+        return c.init.pid
+
+    async def exec_in_container(
+        self, c: Container, process: dict[str, Any], ports: tuple[int | None, int | None, int | None]
+    ) -> int:
+        if c.init.exited is not None and c.init.exited.done():
+            raise GcsError(f"container {c.id} is not running", Hresult.VMCOMPUTE_INVALID_STATE)
+        assert self.session is not None
+        process = dict(process)
+        process.setdefault("cwd", "/")
+        process.setdefault("user", c.spec.get("process", {}).get("user", {"uid": 0, "gid": 0}))
+        if "rlimits" not in process and c.spec.get("process", {}).get("rlimits"):
+            process["rlimits"] = c.spec["process"]["rlimits"]
+        terminal = bool(process.get("terminal"))
+        chans = await dial_ports(self.session, *ports)
+        stdio = (
+            None
+            if terminal
+            else Stdio.pipes(chans[0] is not None, chans[1] is not None, chans[2] is not None)
+        )
+        try:
+            pid, master = await self.runc.exec(c.id, process, c.bundle, stdio)
+        except BaseException:
+            if stdio:
+                stdio.close_all()
+            for ch in chans:
+                if ch is not None:
+                    ch.close()
+            raise
+        proc = Process(pid, c)
+        if master is not None:
+            proc.relay.start_tty(master, chans[0], chans[1])
+            if chans[2] is not None:
+                chans[2].close()
+        else:
+            assert stdio is not None
+            proc.relay.start_pipes(chans, (stdio.stdin, stdio.stdout, stdio.stderr))
+        c.processes[pid] = proc
+        proc.watch()
+        return pid
+
+    async def exec_external(
+        self, params: dict[str, Any], ports: tuple[int | None, int | None, int | None]
+    ) -> int:
+        """A process in the UVM itself (CreateInUtilityVM), e.g. for shimdiag exec."""
+        assert self.session is not None
+        args = params.get("CommandArgs") or _split_command_line(params.get("CommandLine") or "")
+        if not args:
+            raise GcsError("process has no command", Hresult.E_INVALIDARG)
+        env = {str(k): str(v) for k, v in (params.get("Environment") or {}).items()} or {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        }
+        cwd = params.get("WorkingDirectory") or "/"
+        chans = await dial_ports(self.session, *ports)
+        proc: Process
+        if params.get("EmulateConsole"):
+            master, slave = pty.openpty()
+            try:
+                pid = _spawn_in(cwd, args, env, slave, slave, slave, setsid=True)
+            finally:
+                os.close(slave)
+            proc = Process(pid, None)
+            proc.relay.start_tty(master, chans[0], chans[1])
+            if chans[2] is not None:
+                chans[2].close()
+        else:
+            st = Stdio.pipes(chans[0] is not None, chans[1] is not None, chans[2] is not None)
+            try:
+                pid = _spawn_in(cwd, args, env, st.child[0], st.child[1], st.child[2], setsid=True)
+            finally:
+                st.close_child()
+            proc = Process(pid, None)
+            proc.relay.start_pipes(chans, (st.stdin, st.stdout, st.stderr))
+        self.external[pid] = proc
+        proc.watch()
+        return pid
+
+    def process(self, cid: str, pid: int) -> Process:
+        if cid == p.NULL_CONTAINER_ID:
+            proc = self.external.get(pid)
+        else:
+            proc = self.container(cid).processes.get(pid)
+        if proc is None:
+            raise GcsError(f"process {pid} not found in {cid}", Hresult.ERROR_NOT_FOUND)
+        return proc
+
+    async def wait_process(self, cid: str, pid: int, timeout_ms: int) -> int:
+        proc = self.process(cid, pid)
+        assert proc.exited is not None
+        timeout = None if timeout_ms == p.INFINITE_WAIT_TIMEOUT else timeout_ms / 1000
+        try:
+            return await asyncio.wait_for(asyncio.shield(proc.exited), timeout)
+        except TimeoutError:
+            raise GcsError(
+                f"process {pid} did not exit within {timeout_ms} ms", Hresult.VMCOMPUTE_TIMEOUT
+            ) from None
+
+    async def signal_process(self, cid: str, pid: int, sig: int) -> None:
+        proc = self.process(cid, pid)
+        if proc.exited is not None and proc.exited.done():
+            raise GcsError(f"process {pid} has already exited", Hresult.ERROR_NOT_FOUND)
+        sig = sig or signal.SIGKILL
+        c = proc.container
+        if c is not None and proc.is_init:
+            if sig == signal.SIGKILL:
+                c.exit_type = NotificationType.FORCED_EXIT
+            elif sig == signal.SIGTERM:
+                c.exit_type = NotificationType.GRACEFUL_EXIT
+            await self.runc.kill(c.id, sig)
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            raise GcsError(f"process {pid} not found", Hresult.ERROR_NOT_FOUND) from None
+
+    def resize_console(self, cid: str, pid: int, height: int, width: int) -> None:
+        try:
+            self.process(cid, pid).relay.resize(height, width)
+        except OSError as e:
+            raise GcsError(f"resize console of process {pid}: {e}", Hresult.E_INVALIDARG) from None
+
+    async def shutdown_container(self, cid: str, graceful: bool) -> None:
+        c = self.container(cid)
+        if c.init.exited is not None and c.init.exited.done():
+            return
+        c.exit_type = NotificationType.GRACEFUL_EXIT if graceful else NotificationType.FORCED_EXIT
+        if not c.started:
+            # A created-but-never-started init is parked in runc's exec fifo; only KILL ends it.
+            await self.runc.kill(c.id, signal.SIGKILL)
+            return
+        await self.runc.kill(c.id, signal.SIGTERM if graceful else signal.SIGKILL, all_processes=not graceful)
+
+    async def delete_container_state(self, cid: str) -> None:
+        c = self.container(cid)
+        if c.kind == "sandbox" and any(
+            o.sandbox_id == cid and o.kind == "container" for o in self.containers.values()
+        ):
+            raise GcsError(f"sandbox {cid} still has containers", Hresult.VMCOMPUTE_INVALID_STATE)
+        if c.init.exited is None or not c.init.exited.done():
+            with contextlib.suppress(GcsError):
+                await self.runc.kill(c.id, signal.SIGKILL, all_processes=True)
+            if c.init.exited is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(c.init.exited), 10)
+        errors = []
+        try:
+            await self.runc.delete(cid)
+        except GcsError as e:
+            errors.append(str(e))
+        for proc in c.processes.values():
+            proc.relay.close()
+        if c.stdio:
+            c.stdio.close_all()
+        if c.master is not None:
+            with contextlib.suppress(OSError):
+                os.close(c.master)
+            c.master = None
+        if c.shm_dir:
+            for mp in mounts_under(c.shm_dir):
+                with contextlib.suppress(OSError):
+                    umount(mp, MNT_DETACH)
+        stats.remove_cgroup_dirs(c.cgroups_path, self.cgroup_parent)
+        if c.scratch:
+            shutil.rmtree(c.scratch, ignore_errors=True)
+        self._remove_bundle(c)
+        del self.containers[cid]
+        LOG.info("container state deleted", extra={"cid": cid})
+        if errors:
+            raise GcsError("; ".join(errors))
+
+    def _remove_bundle(self, c: Container) -> None:
+        if mounts_under(c.bundle):
+            # A rootfs overlay the host mounted via CombinedLayers stays until the host removes it;
+            # only remove what we wrote.
+            for name in ("config.json", "pod"):
+                path = os.path.join(c.bundle, name)
+                if name == "pod":
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+            return
+        if c.owns_bundle:
+            shutil.rmtree(c.bundle, ignore_errors=True)
+        else:
+            shutil.rmtree(os.path.join(c.bundle, "pod"), ignore_errors=True)
+
+    async def get_properties(self, cid: str, query: dict[str, Any]) -> dict[str, Any]:
+        if cid == p.NULL_CONTAINER_ID:
+            raise GcsError("getPropertiesV2 is not supported against the UVM", Hresult.E_NOTIMPL)
+        c = self.container(cid)
+        props: dict[str, Any] = {}
+        for kind in query.get("PropertyTypes") or []:
+            if kind == "ProcessList":
+                try:
+                    pids = await self.runc.ps(cid)
+                except GcsError:
+                    pids = []
+                props["ProcessList"] = [{"ProcessId": pid} for pid in pids]
+            elif kind in ("Statistics", "Memory"):
+                props["LCOWMetrics"] = stats.metrics(c.cgroups_path)
+        return props
+
+    async def update_container(self, cid: str, resources: dict[str, Any]) -> None:
+        c = self.container(cid)
+        if not resources:
+            return
+        await self.runc.update(c.id, resources)
+
+    async def modify_settings(self, cid: str, request: dict[str, Any]) -> None:
+        rtype = request.get("ResourceType") or ""
+        action = request.get("RequestType") or p.RequestType.ADD
+        settings = request.get("Settings") or {}
+        if not isinstance(settings, dict):
+            raise GcsError("ModifySettings Settings must be an object", Hresult.VMCOMPUTE_INVALID_JSON)
+        if cid != p.NULL_CONTAINER_ID:
+            if rtype == p.ResourceType.CONTAINER_CONSTRAINTS and action == p.RequestType.UPDATE:
+                await self.update_container(cid, settings.get("Linux") or {})
+                return
+            raise GcsError(f"invalid container modify {rtype}/{action}", Hresult.E_INVALIDARG)
+        handlers: dict[tuple[str, str], Callable[[], Any]] = {
+            (p.ResourceType.MAPPED_VIRTUAL_DISK, "Add"): lambda: storage.add_mapped_virtual_disk(
+                settings, self.sysfs_root
+            ),
+            (p.ResourceType.MAPPED_VIRTUAL_DISK, "Remove"): lambda: storage.remove_mount(settings),
+            (p.ResourceType.SCSI_DEVICE, "Remove"): lambda: storage.eject_scsi(settings, self.sysfs_root),
+            (p.ResourceType.VPMEM_DEVICE, "Add"): lambda: storage.add_vpmem(settings),
+            (p.ResourceType.VPMEM_DEVICE, "Remove"): lambda: storage.remove_mount(settings),
+            (p.ResourceType.MAPPED_DIRECTORY, "Add"): lambda: storage.add_plan9(settings),
+            (p.ResourceType.MAPPED_DIRECTORY, "Remove"): lambda: storage.remove_mount(settings),
+            (p.ResourceType.COMBINED_LAYERS, "Add"): lambda: storage.add_combined_layers(settings),
+            (p.ResourceType.COMBINED_LAYERS, "Remove"): lambda: storage.remove_combined_layers(settings),
+            (p.ResourceType.POD_CGROUP_MEMORY_LIMIT, "Update"): lambda: None,
+            # NICs are not hot-plugged into this guest yet; accepting keeps pod setup flowing.
+            (p.ResourceType.NETWORK, "Add"): lambda: LOG.warning(
+                "network adapter ignored", extra={"adapter": str(settings.get("ID", ""))}
+            ),
+            (p.ResourceType.NETWORK, "Remove"): lambda: None,
+        }
+        handler = handlers.get((rtype, action))
+        if handler is None:
+            raise GcsError(f"unsupported modify request {rtype}/{action}", Hresult.E_NOTIMPL)
+        try:
+            result = handler()
+            if asyncio.iscoroutine(result):
+                await result
+        except OSError as e:
+            raise GcsError(f"{rtype} {action}: {e}", Hresult.E_FAIL) from None
+
+    def dump_stacks(self) -> str:
+        out = []
+        for tid, frame in sys._current_frames().items():
+            out.append(f"thread {tid}:\n" + "".join(traceback.format_stack(frame)))
+        for task in asyncio.all_tasks():
+            out.append(f"task {task.get_name()}:\n" + "".join(_task_stack(task)))
+        return "\n".join(out)
+
+    async def shutdown(self) -> None:
+        """Kill every container and forget its state (the UVM is going away)."""
+        for cid in list(self.containers):
+            c = self.containers[cid]
+            c.exit_type = NotificationType.FORCED_EXIT
+        for cid in sorted(self.containers, key=lambda i: self.containers[i].kind == "sandbox"):
+            try:
+                await self.delete_container_state(cid)
+            except Exception as e:
+                LOG.warning("cleanup failed", extra={"cid": cid, "error": str(e)})
+                self.containers.pop(cid, None)
+        for proc in self.external.values():
+            if proc.exited is not None and not proc.exited.done():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+
+
+def _task_stack(task: asyncio.Task[Any]) -> list[str]:
+    return [
+        f'  File "{f.f_code.co_filename}", line {f.f_lineno}, in {f.f_code.co_name}\n'
+        for f in task.get_stack()
+    ]
+
+
+def _split_command_line(line: str) -> list[str]:
+    import shlex
+
+    return shlex.split(line)
+
+
+def _spawn_in(
+    cwd: str,
+    args: list[str],
+    env: dict[str, str],
+    fd0: int | None,
+    fd1: int | None,
+    fd2: int | None,
+    setsid: bool,
+) -> int:
+    # posix_spawn has no chdir action in 3.11; run through the shell-free ``env -C`` is not portable,
+    # so change directory around the spawn (the agent never relies on its own cwd).
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return spawn(args, stdin=fd0, stdout=fd1, stderr=fd2, env=env, setsid=setsid)
+    finally:
+        os.chdir(old)
