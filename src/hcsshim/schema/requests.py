@@ -1,0 +1,230 @@
+"""Ready-made hot add/remove requests: the host ModifySettingRequest and the guest request HCS forwards.
+
+Shapes follow hcsshim's vmmanager/guestmanager (V2) and internal/uvm (V1): for an add, HCS applies the
+host part and then the guest part; removes go guest first. Each function returns one request with
+both parts where upstream sends both, so a caller can split it (V2) or send it whole (V1).
+"""
+
+from __future__ import annotations
+
+from hcsshim.schema.modify import (
+    CPU_LIMITS_RESOURCE_PATH,
+    MEMORY_RESOURCE_PATH,
+    PLAN9_SHARE_RESOURCE_PATH,
+    REQUEST_ADD,
+    REQUEST_REMOVE,
+    REQUEST_UPDATE,
+    RESOURCE_CONTAINER_CONSTRAINTS,
+    RESOURCE_MAPPED_DIRECTORY,
+    RESOURCE_MAPPED_VIRTUAL_DISK,
+    RESOURCE_NETWORK,
+    RESOURCE_SCSI_DEVICE,
+    RESOURCE_VPMEM_DEVICE,
+    GuestModificationRequest,
+    LCOWContainerConstraints,
+    LCOWMappedDirectory,
+    LCOWMappedVirtualDisk,
+    LCOWMappedVPMemDevice,
+    LCOWNetworkAdapter,
+    ModifySettingRequest,
+    ProcessorLimits,
+    SCSIDevice,
+    network_resource_path,
+    scsi_resource_path,
+    vpmem_controller_resource_path,
+)
+from hcsshim.schema.vm import (
+    PLAN9_FLAG_LINUX_METADATA,
+    PLAN9_FLAG_READ_ONLY,
+    PLAN9_FLAG_RESTRICT_FILE_ACCESS,
+    Attachment,
+    NetworkAdapter,
+    Plan9Share,
+    VirtualPMemDevice,
+)
+
+PLAN9_PORT = 564
+# SCSI controller keys: fixed V5 GUIDs of names "0".."3" (guestrequest.ScsiControllerGuids).
+SCSI_CONTROLLER_GUIDS = (
+    "df6d0690-79e5-55b6-a5ec-c1e2f77f580a",
+    "0110f83b-de10-5172-a266-78bca56bf50a",
+    "b5d2d8d4-3a75-51bf-945b-3444dc6b8579",
+    "305891a9-b251-5dfe-91a2-c25d9212275b",
+)
+
+
+def scsi_mount_path(controller: int, lun: int, partition: int = 0) -> str:
+    return f"/run/mounts/scsi/{controller}_{lun}_{partition}"
+
+
+def plan9_mount_path(name: str) -> str:
+    return f"/run/mounts/plan9/{name}"
+
+
+def scsi_add(
+    controller: int, lun: int, host_path: str, *, read_only: bool = False, disk_type: str = "VirtualDisk"
+) -> ModifySettingRequest:
+    return ModifySettingRequest(
+        resource_path=scsi_resource_path(SCSI_CONTROLLER_GUIDS[controller], lun),
+        request_type=REQUEST_ADD,
+        settings=Attachment(type=disk_type, path=host_path, read_only=read_only),
+        guest_request=GuestModificationRequest(
+            resource_type=RESOURCE_MAPPED_VIRTUAL_DISK,
+            request_type=REQUEST_ADD,
+            settings=LCOWMappedVirtualDisk(
+                mount_path=scsi_mount_path(controller, lun),
+                controller=controller,
+                lun=lun,
+                read_only=read_only,
+            ),
+        ),
+    )
+
+
+def scsi_unmount(controller: int, lun: int, *, read_only: bool = False) -> GuestModificationRequest:
+    """Guest step 1 of a SCSI remove: unmount."""
+    return GuestModificationRequest(
+        resource_type=RESOURCE_MAPPED_VIRTUAL_DISK,
+        request_type=REQUEST_REMOVE,
+        settings=LCOWMappedVirtualDisk(
+            mount_path=scsi_mount_path(controller, lun), controller=controller, lun=lun, read_only=read_only
+        ),
+    )
+
+
+def scsi_eject(controller: int, lun: int) -> GuestModificationRequest:
+    """Guest step 2 of a SCSI remove: let the guest drop the device before the host detaches it."""
+    return GuestModificationRequest(
+        resource_type=RESOURCE_SCSI_DEVICE,
+        request_type=REQUEST_REMOVE,
+        settings=SCSIDevice(controller=controller, lun=lun),
+    )
+
+
+def scsi_remove(controller: int, lun: int) -> ModifySettingRequest:
+    """Host step of a SCSI remove (no settings)."""
+    return ModifySettingRequest(
+        resource_path=scsi_resource_path(SCSI_CONTROLLER_GUIDS[controller], lun), request_type=REQUEST_REMOVE
+    )
+
+
+def vpmem_add(
+    device: int, host_path: str, mount_path: str, *, image_format: str = "Vhd1"
+) -> ModifySettingRequest:
+    return ModifySettingRequest(
+        resource_path=vpmem_controller_resource_path(device),
+        request_type=REQUEST_ADD,
+        settings=VirtualPMemDevice(host_path=host_path, read_only=True, image_format=image_format),
+        guest_request=GuestModificationRequest(
+            resource_type=RESOURCE_VPMEM_DEVICE,
+            request_type=REQUEST_ADD,
+            settings=LCOWMappedVPMemDevice(device_number=device, mount_path=mount_path),
+        ),
+    )
+
+
+def vpmem_remove(device: int, mount_path: str) -> ModifySettingRequest:
+    return ModifySettingRequest(
+        resource_path=vpmem_controller_resource_path(device),
+        request_type=REQUEST_REMOVE,
+        guest_request=GuestModificationRequest(
+            resource_type=RESOURCE_VPMEM_DEVICE,
+            request_type=REQUEST_REMOVE,
+            settings=LCOWMappedVPMemDevice(device_number=device, mount_path=mount_path),
+        ),
+    )
+
+
+def plan9_flags(*, read_only: bool, restrict: bool = False) -> int:
+    flags = PLAN9_FLAG_LINUX_METADATA
+    if read_only:
+        flags |= PLAN9_FLAG_READ_ONLY
+    if restrict:
+        flags |= PLAN9_FLAG_RESTRICT_FILE_ACCESS
+    return flags
+
+
+def plan9_add(
+    name: str, host_path: str, *, read_only: bool = False, allowed_files: list[str] | None = None
+) -> ModifySettingRequest:
+    return ModifySettingRequest(
+        resource_path=PLAN9_SHARE_RESOURCE_PATH,
+        request_type=REQUEST_ADD,
+        settings=Plan9Share(
+            name=name,
+            access_name=name,
+            path=host_path,
+            port=PLAN9_PORT,
+            flags=plan9_flags(read_only=read_only, restrict=bool(allowed_files)),
+            allowed_files=list(allowed_files or []),
+        ),
+        guest_request=GuestModificationRequest(
+            resource_type=RESOURCE_MAPPED_DIRECTORY,
+            request_type=REQUEST_ADD,
+            settings=LCOWMappedDirectory(
+                mount_path=plan9_mount_path(name), port=PLAN9_PORT, share_name=name, read_only=read_only
+            ),
+        ),
+    )
+
+
+def plan9_remove(name: str, *, read_only: bool = False) -> ModifySettingRequest:
+    return ModifySettingRequest(
+        resource_path=PLAN9_SHARE_RESOURCE_PATH,
+        request_type=REQUEST_REMOVE,
+        settings=Plan9Share(name=name, access_name=name, port=PLAN9_PORT),
+        guest_request=GuestModificationRequest(
+            resource_type=RESOURCE_MAPPED_DIRECTORY,
+            request_type=REQUEST_REMOVE,
+            settings=LCOWMappedDirectory(
+                mount_path=plan9_mount_path(name), port=PLAN9_PORT, share_name=name, read_only=read_only
+            ),
+        ),
+    )
+
+
+def network_add(
+    nic_id: str, endpoint_id: str, mac: str, guest: LCOWNetworkAdapter | None = None
+) -> ModifySettingRequest:
+    request = ModifySettingRequest(
+        resource_path=network_resource_path(nic_id),
+        request_type=REQUEST_ADD,
+        settings=NetworkAdapter(endpoint_id=endpoint_id, mac_address=mac),
+    )
+    if guest is not None:
+        request.guest_request = GuestModificationRequest(
+            resource_type=RESOURCE_NETWORK, request_type=REQUEST_ADD, settings=guest
+        )
+    return request
+
+
+def network_remove(nic_id: str, endpoint_id: str, mac: str, namespace_id: str = "") -> ModifySettingRequest:
+    return ModifySettingRequest(
+        resource_path=network_resource_path(nic_id),
+        request_type=REQUEST_REMOVE,
+        settings=NetworkAdapter(endpoint_id=endpoint_id, mac_address=mac),
+        guest_request=GuestModificationRequest(
+            resource_type=RESOURCE_NETWORK,
+            request_type=REQUEST_REMOVE,
+            settings=LCOWNetworkAdapter(namespace_id=namespace_id, id=nic_id),
+        ),
+    )
+
+
+def memory_update(size_in_mb: int) -> ModifySettingRequest:
+    """Resize the VM's memory; the settings are the bare number (RequestType empty, as upstream)."""
+    return ModifySettingRequest(resource_path=MEMORY_RESOURCE_PATH, settings=size_in_mb)
+
+
+def processor_limits_update(*, limit: int = 0, weight: int = 0) -> ModifySettingRequest:
+    return ModifySettingRequest(
+        resource_path=CPU_LIMITS_RESOURCE_PATH, settings=ProcessorLimits(limit=limit, weight=weight)
+    )
+
+
+def container_constraints_update(linux: dict[str, object]) -> GuestModificationRequest:
+    return GuestModificationRequest(
+        resource_type=RESOURCE_CONTAINER_CONSTRAINTS,
+        request_type=REQUEST_UPDATE,
+        settings=LCOWContainerConstraints(linux=linux),
+    )
