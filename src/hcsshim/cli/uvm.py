@@ -1,0 +1,87 @@
+"""`hcsshim uvm ...`: build and check the UVM boot files (and, later, run a UVM).
+
+Each subcommand is one `_add_<name>(sub)` function that registers its parser and sets `func`;
+adding a subcommand means writing one such function and listing it in SUBCOMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+Subparsers = Any  # argparse's _SubParsersAction is private
+
+
+def _print_check(out: str | None) -> int:
+    from hcsshim.uvm import image
+
+    items = image.check(out)
+    width = max(len(i.name) for i in items)
+    for item in items:
+        print(f"{'ok     ' if item.ok else 'MISSING'} {item.name:{width}}  {item.detail}")
+    bad = [i.name for i in items if not i.ok]
+    if bad:
+        print(f"missing or stale: {', '.join(bad)}; run `hcsshim uvm build`", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_build(ns: argparse.Namespace) -> int:
+    from hcsshim.uvm import image
+
+    if ns.check:
+        return _print_check(ns.out)
+    try:
+        image.build(ns.out, force=ns.force, kernel_package=ns.kernel_package)
+    except (image.ImageError, OSError) as e:
+        print(f"hcsshim uvm build: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_check(ns: argparse.Namespace) -> int:
+    return _print_check(ns.out)
+
+
+def _out_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out",
+        default=None,
+        help="boot files directory (default: $HCSSHIM_BOOT_FILES or /var/cache/hcsshim/uvm)",
+    )
+
+
+def _add_build(sub: Subparsers) -> None:
+    p = sub.add_parser("build", help="build kernel, initrd.img and rootfs.vhd from Debian packages")
+    _out_arg(p)
+    p.add_argument("--force", action="store_true", help="rebuild the userland and images even when cached")
+    p.add_argument("--check", action="store_true", help="only say what is missing (exit 1 if anything is)")
+    p.add_argument(
+        "--kernel-package",
+        default="linux-image-amd64",
+        help="Debian kernel (meta) package; linux-image-cloud-amd64 lacks 9p (no Plan9 shares)",
+    )
+    p.set_defaults(func=_cmd_build)
+
+
+def _add_check(sub: Subparsers) -> None:
+    p = sub.add_parser("check", help="say which boot files are missing or stale (exit 1 if any)")
+    _out_arg(p)
+    p.set_defaults(func=_cmd_check)
+
+
+def _add_run(sub: Subparsers) -> None:
+    from hcsshim.cli import uvm_run
+
+    uvm_run.register(sub)
+
+
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [_add_build, _add_check, _add_run]
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("uvm", help="build, check and run utility VMs")
+    sub = parser.add_subparsers(dest="uvm_command", metavar="UVM_COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
