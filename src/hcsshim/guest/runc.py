@@ -93,9 +93,12 @@ class ConsoleSocket:
 
 
 class Runc:
-    def __init__(self, binary: str, root: str) -> None:
+    def __init__(self, binary: str, root: str, no_pivot: bool | None = None) -> None:
         self.binary = binary
         self.root = root
+        # pivot_root(2) fails when / is the initramfs (the UVM's initrd boot); the image's init says
+        # so through HCSSHIM_ROOT_IS_RAMFS and runc must then use its MS_MOVE + chroot fallback.
+        self.no_pivot = os.environ.get("HCSSHIM_ROOT_IS_RAMFS") == "1" if no_pivot is None else no_pivot
         os.makedirs(root, exist_ok=True)
 
     def _argv(self, log_path: str | None, *args: str) -> list[str]:
@@ -159,6 +162,8 @@ class Runc:
         """``runc create``; returns (init pid, pty master fd or None)."""
         console = ConsoleSocket(bundle) if terminal else None
         args = ["create", "--bundle", bundle]
+        if self.no_pivot:
+            args.append("--no-pivot")
         if console:
             args += ["--console-socket", console.path]
         args.append(cid)
