@@ -1,1 +1,102 @@
-"""hcsshim.hcs"""
+"""hcsshim.hcs: the ComputeSystem API (create/start/modify/properties/pause/resume/shutdown/
+terminate/wait) with HCS-like errors, realized by a backend: `qemu` on Linux, `windows` on Windows.
+
+`HCSSHIM_HCS_BACKEND` overrides the choice."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Awaitable, Callable
+
+from hcsshim.hcs.errors import (
+    ErrAlreadyExists,
+    ErrComputeSystemDoesNotExist,
+    ErrElementNotFound,
+    ErrInvalidData,
+    ErrNotSupported,
+    ErrPlatformNotSupported,
+    ErrTimeout,
+    ErrVmcomputeAlreadyStopped,
+    ErrVmcomputeInvalidJSON,
+    ErrVmcomputeOperationInvalidState,
+    ErrVmcomputeUnexpectedExit,
+    HcsError,
+    HResult,
+    is_already_stopped,
+    is_not_exist,
+)
+from hcsshim.hcs.system import ComputeSystem, Document, ExitInfo, SystemState, document_to_dict
+
+Creator = Callable[[str, Document], Awaitable[ComputeSystem]]
+Opener = Callable[[str], ComputeSystem]
+
+
+def _qemu() -> tuple[Creator, Opener]:
+    from hcsshim.hcs.qemu.system import QemuComputeSystem, open_system
+
+    return QemuComputeSystem.create, open_system
+
+
+def _windows() -> tuple[Creator, Opener]:
+    from hcsshim.hcs import windows
+
+    return windows.create, windows.open_system
+
+
+BACKENDS: dict[str, Callable[[], tuple[Creator, Opener]]] = {"qemu": _qemu, "windows": _windows}
+
+
+def default_backend() -> str:
+    return os.environ.get("HCSSHIM_HCS_BACKEND") or ("windows" if sys.platform == "win32" else "qemu")
+
+
+def _backend(name: str | None) -> tuple[Creator, Opener]:
+    chosen = name or default_backend()
+    factory = BACKENDS.get(chosen)
+    if factory is None:
+        known = sorted(BACKENDS)
+        raise ErrNotSupported("CreateComputeSystem", "", f"unknown hcs backend {chosen!r} (have {known})")
+    return factory()
+
+
+async def create_compute_system(
+    system_id: str, document: Document, backend: str | None = None
+) -> ComputeSystem:
+    """Validate `document` and create (not start) the system. Nothing is left behind on error."""
+    create, _ = _backend(backend)
+    return await create(system_id, document)
+
+
+def open_compute_system(system_id: str, backend: str | None = None) -> ComputeSystem:
+    """A system created earlier by this process."""
+    _, open_ = _backend(backend)
+    return open_(system_id)
+
+
+__all__ = [
+    "BACKENDS",
+    "ComputeSystem",
+    "Document",
+    "ErrAlreadyExists",
+    "ErrComputeSystemDoesNotExist",
+    "ErrElementNotFound",
+    "ErrInvalidData",
+    "ErrNotSupported",
+    "ErrPlatformNotSupported",
+    "ErrTimeout",
+    "ErrVmcomputeAlreadyStopped",
+    "ErrVmcomputeInvalidJSON",
+    "ErrVmcomputeOperationInvalidState",
+    "ErrVmcomputeUnexpectedExit",
+    "ExitInfo",
+    "HResult",
+    "HcsError",
+    "SystemState",
+    "create_compute_system",
+    "default_backend",
+    "document_to_dict",
+    "is_already_stopped",
+    "is_not_exist",
+    "open_compute_system",
+]

@@ -1,0 +1,235 @@
+"""Turn an HCS schema2 ComputeSystem document into a validated VM description.
+
+Validation happens here, before any process or directory exists, so a bad document leaves
+nothing behind and the error names the field (a JSON path) that is wrong."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from hcsshim.hcs.errors import ErrInvalidData, ErrNotSupported
+
+# Upstream's fixed controller GUIDs (internal/protocol/guestrequest/types.go): the index in this
+# list is the controller number the guest sees.
+SCSI_CONTROLLER_GUIDS: tuple[str, ...] = (
+    "df6d0690-79e5-55b6-a5ec-c1e2f77f580a",
+    "0110f83b-de10-5172-a266-78bca56bf50a",
+    "b5d2d8d4-3a75-51bf-945b-3444dc6b8579",
+    "305891a9-b251-5dfe-91a2-c25d9212275b",
+)
+MAX_SCSI_CONTROLLERS = 4
+MAX_LUNS = 64
+PLAN9_FLAG_READONLY = 0x1
+STAGE1_INITRD = "vhd-initrd.img"
+
+
+@dataclass(frozen=True)
+class Disk:
+    path: str
+    read_only: bool
+
+
+@dataclass
+class ScsiController:
+    index: int
+    guid: str
+    disks: dict[int, Disk] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan9ShareConfig:
+    name: str
+    path: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class PMemDevice:
+    path: str
+    read_only: bool
+
+
+@dataclass
+class VmConfig:
+    owner: str
+    kernel: str
+    initrd: str | None
+    cmdline: str
+    memory_mb: int
+    cpus: int
+    scsi: dict[str, ScsiController]
+    plan9: list[Plan9ShareConfig]
+    vpmem: dict[int, PMemDevice]
+    vpmem_max_count: int
+    vpmem_max_size: int
+    stage1_initrd: str | None = None
+
+    @property
+    def rootfs(self) -> str:
+        """`initrd` when the document boots an initrd, else `vhd` (SCSI 0:0 is the root disk)."""
+        return "initrd" if self.initrd else "vhd"
+
+
+class _Reader:
+    def __init__(self, op: str, system_id: str) -> None:
+        self.op = op
+        self.system_id = system_id
+
+    def fail(self, where: str, why: str) -> ErrInvalidData:
+        return ErrInvalidData(self.op, self.system_id, f"{where}: {why}")
+
+    def obj(self, parent: dict[str, Any], key: str, where: str, required: bool = False) -> dict[str, Any]:
+        value = parent.get(key)
+        if value is None:
+            if required:
+                raise self.fail(f"{where}.{key}", "is required")
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(f"{where}.{key}", f"must be an object, got {type(value).__name__}")
+        return value
+
+    def int_(self, parent: dict[str, Any], key: str, where: str, default: int) -> int:
+        value = parent.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.fail(f"{where}.{key}", f"must be a non-negative integer, got {value!r}")
+        return value
+
+    def str_(self, parent: dict[str, Any], key: str, where: str, required: bool = False) -> str:
+        value = parent.get(key)
+        if value is None or value == "":
+            if required:
+                raise self.fail(f"{where}.{key}", "is required")
+            return ""
+        if not isinstance(value, str):
+            raise self.fail(f"{where}.{key}", f"must be a string, got {type(value).__name__}")
+        return value
+
+    def file(self, parent: dict[str, Any], key: str, where: str, required: bool = True) -> str:
+        path = self.str_(parent, key, where, required)
+        if path and not os.path.isfile(path):
+            raise self.fail(f"{where}.{key}", f"file {path!r} does not exist")
+        return path
+
+
+def parse_attachment(r: _Reader, att: Any, where: str) -> Disk:
+    if not isinstance(att, dict):
+        raise r.fail(where, "must be an object")
+    kind = att.get("Type", "VirtualDisk")
+    if kind not in ("VirtualDisk", "PassThru"):
+        raise ErrNotSupported(
+            r.op, r.system_id, f"{where}.Type: {kind!r} is not supported by the qemu backend"
+        )
+    path = r.str_(att, "Path", where, required=True)
+    if kind == "VirtualDisk" and not os.path.isfile(path):
+        raise r.fail(f"{where}.Path", f"file {path!r} does not exist")
+    if kind == "PassThru" and not os.path.exists(path):
+        raise r.fail(f"{where}.Path", f"device {path!r} does not exist")
+    return Disk(path=path, read_only=bool(att.get("ReadOnly", False)))
+
+
+def controller_index(guid: str, position: int) -> int:
+    """A known GUID keeps upstream's number; an unknown one takes its position in the document."""
+    try:
+        return SCSI_CONTROLLER_GUIDS.index(guid.lower())
+    except ValueError:
+        return position
+
+
+def parse_plan9_share(r: _Reader, share: Any, where: str) -> Plan9ShareConfig:
+    if not isinstance(share, dict):
+        raise r.fail(where, "must be an object")
+    name = r.str_(share, "Name", where, required=True)
+    if "/" in name or name in (".", ".."):
+        raise r.fail(f"{where}.Name", f"{name!r} is not a valid share name")
+    path = r.str_(share, "Path", where, required=True)
+    if not os.path.exists(path):
+        raise r.fail(f"{where}.Path", f"{path!r} does not exist")
+    flags = r.int_(share, "Flags", where, 0)
+    read_only = bool(share.get("ReadOnly", False)) or bool(flags & PLAN9_FLAG_READONLY)
+    return Plan9ShareConfig(name=name, path=path, read_only=read_only)
+
+
+def parse_document(doc: dict[str, Any], system_id: str, op: str = "CreateComputeSystem") -> VmConfig:
+    r = _Reader(op, system_id)
+    if doc.get("Container") is not None and doc.get("VirtualMachine") is None:
+        raise ErrNotSupported(op, system_id, "Container documents (process isolation) need Windows")
+    vm = r.obj(doc, "VirtualMachine", "ComputeSystem", required=True)
+    chipset = r.obj(vm, "Chipset", "VirtualMachine", required=True)
+    if chipset.get("Uefi") is not None and chipset.get("LinuxKernelDirect") is None:
+        raise ErrNotSupported(
+            op, system_id, "VirtualMachine.Chipset.Uefi boot is not supported; use LinuxKernelDirect"
+        )
+    lkd = r.obj(chipset, "LinuxKernelDirect", "VirtualMachine.Chipset", required=True)
+    where = "VirtualMachine.Chipset.LinuxKernelDirect"
+    kernel = r.file(lkd, "KernelFilePath", where)
+    initrd = r.file(lkd, "InitRdPath", where, required=False) or None
+    cmdline = r.str_(lkd, "KernelCmdLine", where)
+
+    topo = r.obj(vm, "ComputeTopology", "VirtualMachine")
+    memory = r.obj(topo, "Memory", "VirtualMachine.ComputeTopology")
+    memory_mb = r.int_(memory, "SizeInMB", "VirtualMachine.ComputeTopology.Memory", 1024)
+    if memory_mb < 64:
+        raise r.fail(
+            "VirtualMachine.ComputeTopology.Memory.SizeInMB", f"{memory_mb} is below the 64 MB minimum"
+        )
+    proc = r.obj(topo, "Processor", "VirtualMachine.ComputeTopology")
+    cpus = r.int_(proc, "Count", "VirtualMachine.ComputeTopology.Processor", 1) or 1
+
+    devices = r.obj(vm, "Devices", "VirtualMachine")
+    scsi: dict[str, ScsiController] = {}
+    scsi_doc = r.obj(devices, "Scsi", "VirtualMachine.Devices")
+    if len(scsi_doc) > MAX_SCSI_CONTROLLERS:
+        raise r.fail("VirtualMachine.Devices.Scsi", f"at most {MAX_SCSI_CONTROLLERS} controllers")
+    used: set[int] = set()
+    for pos, (guid, ctrl) in enumerate(scsi_doc.items()):
+        cw = f"VirtualMachine.Devices.Scsi.{guid}"
+        if not isinstance(ctrl, dict):
+            raise r.fail(cw, "must be an object")
+        index = controller_index(guid, pos)
+        if index in used:
+            index = next(i for i in range(MAX_SCSI_CONTROLLERS) if i not in used)
+        used.add(index)
+        controller = ScsiController(index=index, guid=guid.lower())
+        for lun_s, att in r.obj(ctrl, "Attachments", cw).items():
+            if not lun_s.isdigit() or int(lun_s) >= MAX_LUNS:
+                raise r.fail(f"{cw}.Attachments.{lun_s}", f"LUN must be 0..{MAX_LUNS - 1}")
+            controller.disks[int(lun_s)] = parse_attachment(r, att, f"{cw}.Attachments.{lun_s}")
+        scsi[guid.lower()] = controller
+
+    if initrd is None and not any(c.index == 0 and 0 in c.disks for c in scsi.values()):
+        raise r.fail(
+            where + ".InitRdPath",
+            "is required unless SCSI controller 0 LUN 0 holds the root filesystem VHD",
+        )
+
+    plan9 = [
+        parse_plan9_share(r, s, f"VirtualMachine.Devices.Plan9.Shares[{i}]")
+        for i, s in enumerate(r.obj(devices, "Plan9", "VirtualMachine.Devices").get("Shares") or [])
+    ]
+    pmem_doc = r.obj(devices, "VirtualPMem", "VirtualMachine.Devices")
+    vpmem: dict[int, PMemDevice] = {}
+    for n_s, dev in r.obj(pmem_doc, "Devices", "VirtualMachine.Devices.VirtualPMem").items():
+        pw = f"VirtualMachine.Devices.VirtualPMem.Devices.{n_s}"
+        if not n_s.isdigit() or not isinstance(dev, dict):
+            raise r.fail(pw, "must be a numbered object")
+        vpmem[int(n_s)] = PMemDevice(r.file(dev, "HostPath", pw), bool(dev.get("ReadOnly", True)))
+    # A distribution kernel cannot mount a SCSI root by itself (virtio_scsi is a module): a VHD-rooted
+    # document boots the image's stage-1 initrd from beside the kernel, which mounts root= and
+    # switches to it. Hyper-V's kernel has the drivers built in, hence nothing in the document.
+    stage1 = os.path.join(os.path.dirname(kernel), STAGE1_INITRD)
+    return VmConfig(
+        stage1_initrd=stage1 if initrd is None and os.path.isfile(stage1) else None,
+        owner=str(doc.get("Owner", "")),
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=cmdline,
+        memory_mb=memory_mb,
+        cpus=cpus,
+        scsi=scsi,
+        plan9=plan9,
+        vpmem=vpmem,
+        vpmem_max_count=r.int_(pmem_doc, "MaximumCount", "VirtualMachine.Devices.VirtualPMem", 0),
+        vpmem_max_size=r.int_(pmem_doc, "MaximumSizeBytes", "VirtualMachine.Devices.VirtualPMem", 0),
+    )

@@ -1,0 +1,423 @@
+"""A compute system realized by one QEMU process controlled over QMP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import re
+import signal
+import time
+import uuid
+from typing import Any
+
+from qemu.qmp import EventListener, QMPClient, QMPError
+
+from hcsshim.hcs.errors import (
+    ErrAlreadyExists,
+    ErrComputeSystemDoesNotExist,
+    ErrInvalidData,
+    ErrNotSupported,
+    ErrTimeout,
+    ErrVmcomputeAlreadyStopped,
+    ErrVmcomputeOperationInvalidState,
+    ErrVmcomputeUnexpectedExit,
+    HcsError,
+)
+from hcsshim.hcs.qemu import devices
+from hcsshim.hcs.qemu.accel import CACHE_DIR, choose_accel
+from hcsshim.hcs.qemu.cmdline import Paths, build_argv
+from hcsshim.hcs.qemu.config import VmConfig, parse_document
+from hcsshim.hcs.qemu.mounts import remove_tree_safely
+from hcsshim.hcs.system import ComputeSystem, Document, ExitInfo, SystemState, document_to_dict
+
+log = logging.getLogger(__name__)
+
+QEMU_BINARY = os.environ.get("HCSSHIM_QEMU", "qemu-system-x86_64")
+STATE_ROOT = os.path.join(CACHE_DIR, "qemu")
+QMP_CONNECT_TIMEOUT = 15.0
+QUIT_TIMEOUT = 5.0
+_PR_SET_PDEATHSIG = 1
+
+# Live systems of this process, for open_compute_system and the already-exists check.
+_systems: dict[str, QemuComputeSystem] = {}
+
+
+def state_dir_for(system_id: str, root: str | None = None) -> str:
+    """A short, safe directory name: unix socket paths must stay under 108 bytes."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", system_id)
+    if len(safe) > 32 or safe != system_id:
+        safe = safe[:20] + "-" + hashlib.sha256(system_id.encode()).hexdigest()[:11]
+    return os.path.join(root or STATE_ROOT, safe)
+
+
+PID_FILE = "qemu.pid"
+STALE_GRACE = 60.0
+
+
+def _qemu_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"qemu" in f.read()
+    except OSError:
+        return False
+
+
+def sweep_stale_state(root: str) -> None:
+    """Remove state left by a process that died without cleaning up (its QEMU died with it, by
+    PDEATHSIG): any state dir whose QEMU is gone. A dir still being set up has no pid yet; it is
+    left alone for STALE_GRACE seconds."""
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            with open(os.path.join(path, PID_FILE)) as f:
+                alive = _qemu_alive(int(f.read().strip() or 0))
+        except (OSError, ValueError):
+            try:
+                alive = time.time() - os.stat(path).st_mtime < STALE_GRACE
+            except OSError:
+                continue
+        if not alive and not any(s.state_dir == path for s in _systems.values()):
+            left = remove_tree_safely(path)
+            log.info("removed stale state", extra={"path": path, "left": left})
+
+
+def _die_with_parent() -> None:
+    # A shim that dies must not leave a VM running nobody can reach.
+    libc = ctypes.CDLL(None)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _tail(path: str, limit: int = 4000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class QemuComputeSystem(ComputeSystem):
+    def __init__(self, system_id: str, cfg: VmConfig, state_dir: str) -> None:
+        self.id = system_id
+        self.cfg = cfg
+        self.runtime_id = str(uuid.uuid4())
+        self.state_dir = state_dir
+        self.paths = Paths(
+            qmp=os.path.join(state_dir, "qmp.sock"),
+            mux=os.path.join(state_dir, "mux.sock"),
+            console=os.path.join(state_dir, "console.log"),
+            plan9_root=os.path.join(state_dir, "plan9"),
+        )
+        self.accel = ""
+        self.accel_reason = ""
+        self.qmp = QMPClient(f"hcsshim-{system_id}")
+        self.proc: asyncio.subprocess.Process | None = None
+        self.devices = devices.DeviceSet(self)
+        self._state = SystemState.CREATED
+        self._exit: ExitInfo | None = None
+        self._exited = asyncio.Event()
+        self._stopping_reason: str | None = None
+        self._shutdown_event: dict[str, Any] | None = None
+        self._panicked = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started_at = 0.0
+        self._op_lock = asyncio.Lock()
+
+    # ---- creation ------------------------------------------------------------------------------
+
+    @classmethod
+    async def create(cls, system_id: str, document: Document) -> QemuComputeSystem:
+        op = "CreateComputeSystem"
+        doc = document_to_dict(document, system_id, op)
+        if system_id in _systems:
+            raise ErrAlreadyExists(op, system_id, "a compute system with this id already exists")
+        cfg = parse_document(doc, system_id, op)
+        sweep_stale_state(os.path.dirname(state_dir_for(system_id)))
+        state_dir = state_dir_for(system_id)
+        if os.path.exists(state_dir):
+            left = remove_tree_safely(state_dir)  # left over by a process that died
+            if left:
+                raise ErrAlreadyExists(op, system_id, f"state directory {state_dir} is still in use: {left}")
+        system = cls(system_id, cfg, state_dir)
+        _systems[system_id] = system
+        try:
+            await system._launch()
+        except BaseException as e:
+            await system._kill_and_cleanup()
+            _systems.pop(system_id, None)
+            if isinstance(e, HcsError):
+                raise
+            if isinstance(e, (OSError, QMPError, TimeoutError)):
+                raise ErrInvalidData(op, system_id, f"starting QEMU failed: {e}") from e
+            raise
+        return system
+
+    async def _launch(self) -> None:
+        os.makedirs(self.paths.plan9_root, mode=0o700)
+        self.accel, self.accel_reason = await choose_accel(QEMU_BINARY, self.cfg.kernel)
+        argv = build_argv(QEMU_BINARY, self.id, self.cfg, self.paths, self.accel)
+        await self.qmp.start_server(self.paths.qmp)
+        stderr = open(os.path.join(self.state_dir, "qemu.log"), "wb")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            stderr.close()
+        with open(os.path.join(self.state_dir, PID_FILE), "w") as f:
+            f.write(str(self.proc.pid))
+        log.info(
+            "qemu started",
+            extra={"id": self.id, "pid": self.proc.pid, "accel": self.accel, "why": self.accel_reason},
+        )
+        waiter = asyncio.ensure_future(self.proc.wait())
+        accept = asyncio.ensure_future(asyncio.wait_for(self.qmp.accept(), QMP_CONNECT_TIMEOUT))
+        done, _ = await asyncio.wait({waiter, accept}, return_when=asyncio.FIRST_COMPLETED)
+        if accept not in done:
+            accept.cancel()
+            with contextlib.suppress(BaseException):
+                await accept
+            raise ErrVmcomputeUnexpectedExit(
+                "CreateComputeSystem",
+                self.id,
+                f"QEMU exited with {self.proc.returncode} before QMP: {_tail(self._qemu_log)[-800:]}",
+            )
+        waiter.cancel()
+        accept.result()
+        for name, cfg_share in ((s.name, s) for s in self.cfg.plan9):
+            self.devices.add_plan9_share(name, cfg_share.path, cfg_share.read_only)
+        self.devices.load_boot_disks()
+        self._tasks.append(asyncio.create_task(self._watch_events()))
+        self._tasks.append(asyncio.create_task(self._watch_process()))
+
+    @property
+    def _qemu_log(self) -> str:
+        return os.path.join(self.state_dir, "qemu.log")
+
+    # ---- watching --------------------------------------------------------------------------------
+
+    async def _watch_events(self) -> None:
+        listener = EventListener(("SHUTDOWN", "GUEST_PANICKED", "STOP", "RESUME"))
+        self.qmp.register_listener(listener)
+        try:
+            async for event in listener:
+                name = event["event"]
+                raw = event.get("data")
+                data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+                log.info("qemu event", extra={"id": self.id, "event": name, "data": data})
+                if name == "SHUTDOWN":
+                    self._shutdown_event = data
+                elif name == "GUEST_PANICKED":
+                    self._panicked = True
+        finally:
+            self.qmp.remove_listener(listener)
+
+    async def _watch_process(self) -> None:
+        assert self.proc is not None
+        rc = await self.proc.wait()
+        console = _tail(self.paths.console)
+        qemu_log = _tail(self._qemu_log, 1000)
+        if os.environ.get("HCSSHIM_DEBUG_QEMU"):
+            log.warning("qemu log", extra={"id": self.id, "log": qemu_log})
+        self._exit = self._classify_exit(rc, console, qemu_log)
+        log.log(
+            logging.WARNING if self._exit.unexpected else logging.INFO,
+            "qemu exited",
+            extra={"id": self.id, "rc": rc, "reason": self._exit.reason},
+        )
+        self._state = SystemState.STOPPED
+        await self._cleanup()
+        self._exited.set()
+
+    def _classify_exit(self, rc: int, console: str, qemu_log: str) -> ExitInfo:
+        details: dict[str, Any] = {"console_tail": console[-2000:], "qemu_log": qemu_log}
+        if self._stopping_reason is not None:
+            return ExitInfo(reason=self._stopping_reason, exit_code=rc, details=details)
+        panic = re.search(r"Kernel panic[^\n]*", console)
+        if self._panicked or panic:
+            what = panic.group(0).strip() if panic else "guest panicked"
+            return ExitInfo(reason="guest panic", exit_code=rc, error=what, details=details)
+        if rc < 0:
+            sig = signal.Signals(-rc).name
+            hint = " (killed from outside the shim, or by the OOM killer)" if sig == "SIGKILL" else ""
+            return ExitInfo(f"qemu killed by {sig}", exit_code=rc, error=f"{sig}{hint}", details=details)
+        ev = self._shutdown_event or {}
+        if ev.get("reason") == "guest-shutdown":
+            return ExitInfo(reason="guest shut down", exit_code=rc, details=details)
+        if ev.get("reason") == "guest-reset":
+            return ExitInfo("guest reset", exit_code=rc, error="guest rebooted (-no-reboot)", details=details)
+        error = qemu_log.strip()[-300:] or f"exit status {rc}"
+        return ExitInfo(f"qemu exited with status {rc}", exit_code=rc, error=error, details=details)
+
+    async def _cleanup(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.qmp.disconnect()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.devices.release_all()
+        left = remove_tree_safely(self.state_dir)
+        if left:
+            log.error("state left behind", extra={"id": self.id, "paths": left})
+        _systems.pop(self.id, None)
+
+    async def _kill_and_cleanup(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        await self._cleanup()
+
+    # ---- operations ---------------------------------------------------------------------------
+
+    def _require(self, op: str, *states: SystemState) -> None:
+        if self._state == SystemState.STOPPED:
+            reason = self._exit.reason if self._exit else "stopped"
+            raise ErrVmcomputeAlreadyStopped(op, self.id, f"the system has stopped: {reason}")
+        if self._state not in states:
+            raise ErrVmcomputeOperationInvalidState(op, self.id, f"not valid in state {self._state.value}")
+
+    async def execute(self, op: str, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        try:
+            return await self.qmp.execute(cmd, args)
+        except QMPError as e:
+            if (self.proc is not None and self.proc.returncode is not None) or self._exited.is_set():
+                raise ErrVmcomputeUnexpectedExit(op, self.id, f"QEMU exited during {cmd}") from e
+            raise HcsError(op, self.id, f"QMP {cmd} failed: {e}") from e
+
+    async def start(self) -> None:
+        async with self._op_lock:
+            self._require("Start", SystemState.CREATED)
+            await self.execute("Start", "cont")
+            self._started_at = time.monotonic()
+            self._state = SystemState.RUNNING
+
+    async def pause(self) -> None:
+        async with self._op_lock:
+            self._require("Pause", SystemState.RUNNING)
+            await self.execute("Pause", "stop")
+            self._state = SystemState.PAUSED
+
+    async def resume(self) -> None:
+        async with self._op_lock:
+            self._require("Resume", SystemState.PAUSED)
+            await self.execute("Resume", "cont")
+            self._state = SystemState.RUNNING
+
+    async def shutdown(self) -> None:
+        async with self._op_lock:
+            self._require("Shutdown", SystemState.RUNNING, SystemState.PAUSED)
+            self._stopping_reason = "shutdown requested"
+            await self.execute("Shutdown", "system_powerdown")
+
+    async def terminate(self) -> None:
+        if self._exited.is_set():
+            return
+        if self._stopping_reason is None or self._stopping_reason == "shutdown requested":
+            self._stopping_reason = "terminated"
+        with contextlib.suppress(HcsError):
+            await asyncio.wait_for(self.execute("Terminate", "quit"), QUIT_TIMEOUT)
+        try:
+            await asyncio.wait_for(self._exited.wait(), QUIT_TIMEOUT)
+        except TimeoutError:
+            if self.proc is not None and self.proc.returncode is None:
+                self.proc.kill()
+            await self._exited.wait()
+
+    async def wait(self) -> ExitInfo:
+        await self._exited.wait()
+        assert self._exit is not None
+        return self._exit
+
+    async def wait_timeout(self, timeout: float) -> ExitInfo:
+        try:
+            return await asyncio.wait_for(self.wait(), timeout)
+        except TimeoutError as e:
+            raise ErrTimeout("Wait", self.id, f"still running after {timeout}s") from e
+
+    async def modify(self, request: Document) -> None:
+        req = document_to_dict(request, self.id, "Modify")
+        async with self._op_lock:
+            self._require("Modify", SystemState.CREATED, SystemState.RUNNING, SystemState.PAUSED)
+            await self.devices.modify(req)
+
+    async def properties(self, query: Document | None = None) -> dict[str, Any]:
+        props: dict[str, Any] = {
+            "Id": self.id,
+            "SystemType": "VirtualMachine",
+            "RuntimeOsType": "Linux",
+            "Owner": self.cfg.owner,
+            "RuntimeId": self.runtime_id,
+            "State": self._state.value,
+            "Stopped": self._state == SystemState.STOPPED,
+            "Backend": {
+                "Name": "qemu",
+                "Accelerator": self.accel,
+                "AcceleratorReason": self.accel_reason,
+                "ProcessId": self.proc.pid if self.proc else 0,
+                "RssBytes": self.rss_bytes(),
+                "StateDir": self.state_dir,
+                "ConsoleLog": self.paths.console,
+                "Rootfs": self.cfg.rootfs,
+            },
+        }
+        if self._exit is not None:
+            props["ExitType"] = "UnexpectedExit" if self._exit.unexpected else "GracefulExit"
+        if self._started_at:
+            props["Statistics"] = {
+                "Uptime100ns": int((time.monotonic() - self._started_at) * 1e7),
+                "Memory": {"MemoryUsageCommitBytes": self.rss_bytes()},
+            }
+        props["Memory"] = {"VirtualMachineMemory": {"AssignedMemory": self.cfg.memory_mb * 256}}
+        return props
+
+    def rss_bytes(self) -> int:
+        if self.proc is None or self.proc.returncode is not None:
+            return 0
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    @property
+    def state(self) -> SystemState:
+        return self._state
+
+    @property
+    def exit_info(self) -> ExitInfo | None:
+        return self._exit
+
+    @property
+    def hvsocket_address(self) -> str | None:
+        return f"unix:{self.paths.mux}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+
+def open_system(system_id: str) -> QemuComputeSystem:
+    system = _systems.get(system_id)
+    if system is None:
+        raise ErrComputeSystemDoesNotExist("OpenComputeSystem", system_id, "no such compute system")
+    return system
+
+
+def unsupported(op: str, system_id: str, what: str) -> ErrNotSupported:
+    return ErrNotSupported(op, system_id, f"{what} is not supported by the qemu backend")

@@ -1,0 +1,103 @@
+"""The ComputeSystem interface every backend implements."""
+
+from __future__ import annotations
+
+import abc
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hcsshim.hcs.errors import ErrVmcomputeInvalidJSON
+
+
+class SystemState(enum.Enum):
+    CREATED = "Created"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    STOPPED = "Stopped"
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """Why a system stopped. `error` is set when the stop was not asked for (a crash, a kill)."""
+
+    reason: str
+    exit_code: int | None = None
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def unexpected(self) -> bool:
+        return self.error is not None
+
+
+class _ToDict(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+Document = _ToDict | dict[str, Any] | str
+
+
+def document_to_dict(doc: object, system_id: str = "", op: str = "CreateComputeSystem") -> dict[str, Any]:
+    """Accept a schema dataclass, a dict or a JSON string; always hand back a plain HCS-shaped dict."""
+    if isinstance(doc, str):
+        try:
+            parsed = json.loads(doc)
+        except json.JSONDecodeError as e:
+            raise ErrVmcomputeInvalidJSON(op, system_id, f"document is not valid JSON: {e}") from e
+    elif isinstance(doc, dict):
+        parsed = doc
+    elif hasattr(doc, "to_dict"):
+        parsed = doc.to_dict()
+    else:
+        raise ErrVmcomputeInvalidJSON(op, system_id, f"unsupported document type {type(doc).__name__}")
+    if not isinstance(parsed, dict):
+        raise ErrVmcomputeInvalidJSON(op, system_id, "document must be a JSON object")
+    return parsed
+
+
+class ComputeSystem(abc.ABC):
+    """One HCS compute system (a VM). Methods raise HcsError subclasses."""
+
+    id: str
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def modify(self, request: Document) -> None:
+        """Apply a ModifySettingRequest (hot add/remove of devices)."""
+
+    @abc.abstractmethod
+    async def properties(self, query: Document | None = None) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def pause(self) -> None: ...
+
+    @abc.abstractmethod
+    async def resume(self) -> None: ...
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None:
+        """Ask the guest to power off; returns once asked (wait() tells when it stopped)."""
+
+    @abc.abstractmethod
+    async def terminate(self) -> None:
+        """Stop the system now and release everything it holds; idempotent."""
+
+    @abc.abstractmethod
+    async def wait(self) -> ExitInfo: ...
+
+    @property
+    @abc.abstractmethod
+    def state(self) -> SystemState: ...
+
+    @property
+    @abc.abstractmethod
+    def exit_info(self) -> ExitInfo | None: ...
+
+    @property
+    def hvsocket_address(self) -> str | None:
+        """Where the host reaches the guest's HvSocket stand-in (`unix:/path` or `vsock:<cid>`)."""
+        return None

@@ -1,0 +1,379 @@
+"""One utility VM: a compute system, the mux carrying the HvSocket stand-in, the bridge to the
+guest agent, and reference-counted devices that pair a host modify with a guest modify."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any, Protocol
+
+from hcsshim.gcs import mux
+from hcsshim.gcs.protocol import BRIDGE_PORT, LOG_PORT
+from hcsshim.hcs import ComputeSystem, ExitInfo, HcsError, create_compute_system, document_to_dict
+from hcsshim.hcs.qemu.config import SCSI_CONTROLLER_GUIDS, controller_index
+from hcsshim.uvm.document import default_lcow_document
+from hcsshim.uvm.errors import UvmError
+from hcsshim.uvm.plan9 import Plan9Mount, Plan9Names
+from hcsshim.uvm.scsi import ScsiMount, ScsiSlots
+
+log = logging.getLogger(__name__)
+
+GCS_CONNECTION_TIMEOUT = float(os.environ.get("HCSSHIM_TIMEOUT_GCSCONNECTION", "120"))
+EXIT_GRACE = 2.0
+NULL_CONTAINER_ID = "00000000-0000-0000-0000-000000000000"
+
+
+class Bridge(Protocol):
+    async def modify_settings(self, request: dict[str, Any], container_id: str = ...) -> Any: ...
+    async def fail(self, reason: str) -> None: ...
+
+
+def _connect_bridge_fn() -> Any:
+    from hcsshim.gcs.bridge import BridgeClient
+
+    return BridgeClient.connect
+
+
+class _VmTransport:
+    """The mux transport of one VM. When the stream ends because QEMU died, the socket EOF and the
+    process exit race; this holds the EOF back until the exit is classified (briefly) and fails the
+    bridge with the VM's exit reason first, so pending calls report why the VM went away."""
+
+    def __init__(self, inner: mux.Transport, uvm: UtilityVM) -> None:
+        self.inner = inner
+        self.uvm = uvm
+
+    async def read(self) -> bytes:
+        try:
+            data = await self.inner.read()
+        except OSError:
+            await self._stream_ended()
+            raise
+        if not data:
+            await self._stream_ended()
+        return data
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self.inner.write(data)
+        except OSError:
+            await self._stream_ended()
+            raise
+
+    async def _stream_ended(self) -> None:
+        await self.uvm._wait_exit(EXIT_GRACE)
+        await self.uvm._fail_bridge()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class UtilityVM:
+    def __init__(self, uvm_id: str, system: ComputeSystem, document: dict[str, Any]) -> None:
+        self.id = uvm_id
+        self.system = system
+        self.document = document
+        self.session: mux.MuxSession | None = None
+        self._bridge: Any = None
+        self._exit_task: asyncio.Task[None] | None = None
+        self._log_task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        devices = document.get("VirtualMachine", {}).get("Devices", {})
+        controllers: dict[int, str] = {}
+        taken: set[tuple[int, int]] = set()
+        for pos, (guid, ctrl) in enumerate((devices.get("Scsi") or {}).items()):
+            index = controller_index(guid, pos)
+            controllers[index] = guid
+            taken |= {(index, int(lun)) for lun in (ctrl.get("Attachments") or {})}
+        self.scsi = ScsiSlots(controllers, taken)
+        shares = (devices.get("Plan9") or {}).get("Shares") or []
+        self.plan9 = Plan9Names({str(s.get("Name")) for s in shares})
+        self.guest_log: list[str] = []
+
+    # ---- lifetime --------------------------------------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls, uvm_id: str, document: Any = None, *, annotations: dict[str, str] | None = None
+    ) -> UtilityVM:
+        """Create (not start) the VM from `document`, or from the default LCOW document."""
+        doc = document_to_dict(
+            document if document is not None else default_lcow_document(uvm_id, annotations), uvm_id
+        )
+        system = await create_compute_system(f"{uvm_id}@vm", doc)
+        return cls(uvm_id, system, doc)
+
+    @property
+    def bridge(self) -> Any:
+        if self._bridge is None:
+            raise UvmError(self.id, "bridge", "the guest connection is not established (start() first)")
+        return self._bridge
+
+    async def start(self, timeout: float = GCS_CONNECTION_TIMEOUT) -> None:
+        """Boot, accept the guest's mux session and negotiate the bridge within `timeout`."""
+        address = self.system.hvsocket_address
+        if not address or not address.startswith("unix:"):
+            raise UvmError(self.id, "start", f"unsupported HvSocket address {address!r}")
+        transport = await mux.connect_unix(address[len("unix:") :])
+        self.session = mux.MuxSession(_VmTransport(transport, self), mux.Role.HOST).start()
+        # Listen before the guest can dial (upstream: PrepareConnection before Start).
+        log_listener = await self.session.listen(LOG_PORT)
+        bridge_listener = await self.session.listen(BRIDGE_PORT)
+        self._log_task = asyncio.create_task(self._drain_guest_log(log_listener))
+        await self.system.start()
+        self._exit_task = asyncio.create_task(self._on_exit())
+        connect = asyncio.ensure_future(
+            _connect_bridge_fn()(self.session, timeout=timeout, listener=bridge_listener)
+        )
+        exited = asyncio.ensure_future(self.system.wait())
+        try:
+            await asyncio.wait({connect, exited}, timeout=timeout + 1, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            bridge_listener.close()
+        if connect.done() and not connect.cancelled() and connect.exception() is None:
+            self._bridge = connect.result()
+            log.info("uvm ready", extra={"id": self.id})
+            return
+        err = connect.exception() if connect.done() and not connect.cancelled() else None
+        connect.cancel()
+        with contextlib.suppress(BaseException):
+            await connect
+        broken = err is not None and not isinstance(err, TimeoutError)
+        info = await self._wait_exit(EXIT_GRACE) if broken else self.system.exit_info
+        if info is not None:
+            why = f"{info.reason} ({info.error})"
+            raise UvmError(self.id, "start", f"the VM exited before the guest agent connected: {why}")
+        console = self._console_tail()
+        await self.terminate()
+        timed_out = err is None or isinstance(err, TimeoutError)
+        what = f"timed out after {timeout:.0f}s" if timed_out else f"failed: {err}"
+        raise UvmError(
+            self.id,
+            "start",
+            f"waiting for the guest agent to dial and negotiate the bridge {what} "
+            f"(mux port 0x{BRIDGE_PORT:x} over virtio-serial {address}); console tail: {console[-600:]!r}",
+        ) from err
+
+    def _console_tail(self) -> str:
+        path = getattr(getattr(self.system, "paths", None), "console", "")
+        try:
+            with open(path, errors="replace") as f:
+                return f.read()[-2000:]
+        except OSError:
+            return ""
+
+    async def _drain_guest_log(self, listener: mux.Listener) -> None:
+        with contextlib.suppress(Exception):
+            ch = await listener.accept()
+            buf = b""
+            while chunk := await ch.read():
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    text = line.decode(errors="replace")
+                    self.guest_log.append(text)
+                    del self.guest_log[:-500]
+                    log.debug("guest", extra={"id": self.id, "line": text})
+
+    def exit_reason(self) -> str:
+        info = self.system.exit_info
+        if info is None:
+            return f"utility VM {self.id}: connection to the guest lost"
+        return f"utility VM {self.id} exited: {info.reason}" + (f" ({info.error})" if info.error else "")
+
+    async def _wait_exit(self, grace: float) -> ExitInfo | None:
+        """The exit info if the VM stops within `grace` (a broken stream usually means it just did)."""
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(self.system.wait()), grace)
+        return None
+
+    async def _fail_bridge(self) -> None:
+        if self._bridge is not None:
+            with contextlib.suppress(Exception):
+                await self._bridge.fail(self.exit_reason())
+
+    async def _on_exit(self) -> None:
+        info = await self.system.wait()
+        reason = self.exit_reason()
+        log.log(
+            logging.WARNING if info.unexpected else logging.INFO,
+            "uvm exited",
+            extra={"id": self.id, "reason": reason},
+        )
+        await self._fail_bridge()
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                await self.session.aclose(reason)
+        if self._log_task is not None:
+            self._log_task.cancel()
+
+    async def terminate(self) -> None:
+        await self.system.terminate()
+        if self._exit_task is not None:
+            with contextlib.suppress(BaseException):
+                await self._exit_task
+        elif self.session is not None:
+            with contextlib.suppress(Exception):
+                await self.session.aclose("terminated")
+
+    async def wait(self) -> ExitInfo:
+        info = await self.system.wait()
+        if self._exit_task is not None:
+            with contextlib.suppress(BaseException):
+                await self._exit_task
+        return info
+
+    async def close(self) -> None:
+        await self.terminate()
+
+    # ---- processes in the UVM itself ----------------------------------------------------------------
+
+    async def exec_in_uvm(self, args: list[str], *, timeout: float = 60.0) -> tuple[int, bytes, bytes]:
+        """Run a command in the UVM (not in a container) and collect its output (diagnostics)."""
+        params = {"CommandArgs": args, "CreateStdOutPipe": True, "CreateStdErrPipe": True}
+        proc = await self.bridge.execute_process(NULL_CONTAINER_ID, params)
+
+        async def drain(ch: Any) -> bytes:
+            chunks: list[bytes] = []
+            while data := await ch.read():
+                chunks.append(data)
+            return b"".join(chunks)
+
+        out, err = await asyncio.wait_for(asyncio.gather(drain(proc.stdout), drain(proc.stderr)), timeout)
+        code = await self.bridge.wait_process(NULL_CONTAINER_ID, proc.pid, timeout=timeout)
+        return int(code), out, err
+
+    # ---- guest modify --------------------------------------------------------------------------------
+
+    async def guest_modify(self, resource_type: str, request_type: str, settings: dict[str, Any]) -> Any:
+        request = {"ResourceType": resource_type, "RequestType": request_type, "Settings": settings}
+        return await self.bridge.modify_settings(request)
+
+    # ---- SCSI --------------------------------------------------------------------------------------
+
+    async def add_scsi(
+        self, host_path: str, read_only: bool = True, *, options: list[str] | None = None
+    ) -> ScsiMount:
+        """Attach a VHD and mount it in the guest at /run/mounts/scsi/<c>_<l>_0 (ref-counted)."""
+        host_path = os.path.abspath(host_path)
+        async with self._lock:
+            existing = self.scsi.by_path.get(host_path)
+            if existing is not None:
+                if existing.read_only != read_only:
+                    raise UvmError(
+                        self.id, "add_scsi", f"{host_path} is already attached with ro={existing.read_only}"
+                    )
+                existing.refs += 1
+                return existing
+            try:
+                index, guid, lun = self.scsi.allocate()
+            except LookupError as e:
+                raise UvmError(self.id, "add_scsi", str(e)) from e
+            m = ScsiMount(host_path, index, guid, lun, read_only)
+            try:
+                await self.system.modify(
+                    {
+                        "ResourcePath": f"VirtualMachine/Devices/Scsi/{guid}/Attachments/{lun}",
+                        "RequestType": "Add",
+                        "Settings": {"Path": host_path, "Type": "VirtualDisk", "ReadOnly": read_only},
+                    }
+                )
+            except BaseException:
+                self.scsi.release(index, lun)
+                raise
+            guest = {
+                "MountPath": m.guest_path,
+                "Lun": lun,
+                "Controller": index,
+                "Partition": 0,
+                "ReadOnly": read_only,
+                "Options": options or (["ro"] if read_only else []),
+            }
+            try:
+                await self.guest_modify("MappedVirtualDisk", "Add", guest)
+            except BaseException:
+                with contextlib.suppress(HcsError):
+                    await self._remove_scsi_host(m)
+                raise
+            self.scsi.by_path[host_path] = m
+            return m
+
+    async def _remove_scsi_host(self, m: ScsiMount) -> None:
+        await self.system.modify(
+            {
+                "ResourcePath": f"VirtualMachine/Devices/Scsi/{m.controller_guid}/Attachments/{m.lun}",
+                "RequestType": "Remove",
+            }
+        )
+        self.scsi.release(m.controller, m.lun)
+
+    async def remove_scsi(self, host_path: str) -> None:
+        host_path = os.path.abspath(host_path)
+        async with self._lock:
+            m = self.scsi.by_path.get(host_path)
+            if m is None:
+                raise UvmError(self.id, "remove_scsi", f"{host_path} is not attached")
+            m.refs -= 1
+            if m.refs > 0:
+                return
+            guest = {"MountPath": m.guest_path, "Lun": m.lun, "Controller": m.controller, "Partition": 0}
+            await self.guest_modify("MappedVirtualDisk", "Remove", guest)
+            await self.guest_modify("SCSIDevice", "Remove", {"Controller": m.controller, "Lun": m.lun})
+            await self._remove_scsi_host(m)
+            del self.scsi.by_path[host_path]
+
+    # ---- Plan9 -------------------------------------------------------------------------------------
+
+    async def add_plan9(self, host_path: str, read_only: bool = True) -> str:
+        """Share a host directory; returns its guest path /run/mounts/plan9/<n> (ref-counted)."""
+        host_path = os.path.abspath(host_path)
+        async with self._lock:
+            existing = self.plan9.by_path.get(host_path)
+            if existing is not None:
+                if existing.read_only != read_only:
+                    raise UvmError(
+                        self.id, "add_plan9", f"{host_path} is already shared with ro={existing.read_only}"
+                    )
+                existing.refs += 1
+                return existing.guest_path
+            m = Plan9Mount(host_path, self.plan9.next_name(), read_only)
+            host = {"ResourcePath": "VirtualMachine/Devices/Plan9/Shares", "RequestType": "Add"}
+            await self.system.modify({**host, "Settings": m.host_settings()})
+            try:
+                await self.guest_modify("MappedDirectory", "Add", m.guest_settings())
+            except BaseException:
+                with contextlib.suppress(HcsError):
+                    await self.system.modify({**host, "RequestType": "Remove", "Settings": m.host_settings()})
+                raise
+            self.plan9.by_path[host_path] = m
+            return m.guest_path
+
+    async def remove_plan9(self, host_path: str) -> None:
+        host_path = os.path.abspath(host_path)
+        async with self._lock:
+            m = self.plan9.by_path.get(host_path)
+            if m is None:
+                raise UvmError(self.id, "remove_plan9", f"{host_path} is not shared")
+            m.refs -= 1
+            if m.refs > 0:
+                return
+            await self.guest_modify("MappedDirectory", "Remove", m.guest_settings())
+            await self.system.modify(
+                {
+                    "ResourcePath": "VirtualMachine/Devices/Plan9/Shares",
+                    "RequestType": "Remove",
+                    "Settings": m.host_settings(),
+                }
+            )
+            del self.plan9.by_path[host_path]
+
+    # ---- VPMem -------------------------------------------------------------------------------------
+
+    async def add_vpmem(self, host_path: str) -> str:
+        raise UvmError(self.id, "add_vpmem", "VPMem is not supported by the qemu backend; use add_scsi")
+
+
+__all__ = ["SCSI_CONTROLLER_GUIDS", "UtilityVM"]

@@ -1,0 +1,125 @@
+"""UtilityVM end to end: a real UVM from the default LCOW document, the guest agent over the
+virtio-serial mux, busybox containers, SCSI and Plan9 hot add, and a VM killed under the bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hcsshim.gcs.bridge import BridgeClosedError
+from hcsshim.hcs.qemu.mounts import mounts_under
+from hcsshim.hcs.qemu.system import QemuComputeSystem
+from tests.support.uvm import (
+    BootedUvm,
+    boot_files,
+    boot_uvm,
+    have_root_and_qemu,
+    make_busybox_vhd,
+    make_vhd_with_file,
+    start_busybox,
+)
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.root,
+    pytest.mark.skipif(not have_root_and_qemu(), reason="needs root and qemu-system-x86_64"),
+    pytest.mark.skipif(boot_files() is None, reason="needs the UVM image (hcsshim uvm build)"),
+    pytest.mark.timeout(600),
+]
+
+
+def test_boot_negotiate_and_run_busybox(booted_uvm: BootedUvm) -> None:
+    assert booted_uvm.vm.bridge.negotiated is not None
+    code, out, err = booted_uvm.run_busybox("hello", ["sh", "-c", "echo hello from the uvm; exit 7"])
+    assert (code, out, err) == (7, b"hello from the uvm\n", b"")
+
+
+def test_scsi_hot_add_read_file_in_container(booted_uvm: BootedUvm, tmp_path: Path) -> None:
+    vhd = make_vhd_with_file(str(tmp_path / "data.vhd"), "greeting.txt", b"read from a hot-added VHD\n")
+    vm = booted_uvm.vm
+    m = booted_uvm.run(vm.add_scsi(vhd, read_only=True))
+    assert m.guest_path.startswith("/run/mounts/scsi/0_")
+    try:
+        mount = {"destination": "/data", "type": "bind", "source": m.guest_path, "options": ["rbind", "ro"]}
+        code, out, _ = booted_uvm.run_busybox("scsi", ["cat", "/data/greeting.txt"], [mount])
+        assert (code, out) == (0, b"read from a hot-added VHD\n")
+    finally:
+        booted_uvm.run(vm.remove_scsi(vhd))
+    assert vhd not in vm.scsi.by_path
+
+
+def test_plan9_share_readable_in_guest(booted_uvm: BootedUvm, tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "note.txt").write_text("shared over 9p\n")
+    vm = booted_uvm.vm
+    guest_path = booted_uvm.run(vm.add_plan9(str(share), read_only=True))
+    assert guest_path.startswith("/run/mounts/plan9/")
+    assert isinstance(vm.system, QemuComputeSystem)
+    try:
+        mount = {"destination": "/share", "type": "bind", "source": guest_path, "options": ["rbind", "ro"]}
+        code, out, _ = booted_uvm.run_busybox("plan9", ["cat", "/share/note.txt"], [mount])
+        assert (code, out) == (0, b"shared over 9p\n")
+    finally:
+        booted_uvm.run(vm.remove_plan9(str(share)))
+    assert mounts_under(vm.system.paths.plan9_root) == []
+
+
+def test_kill9_fails_bridge_and_leaves_nothing(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+
+    async def run() -> None:
+        vm, _ = await boot_uvm(f"kill9-{os.getpid()}")
+        try:
+            system = vm.system
+            assert isinstance(system, QemuComputeSystem)
+            await vm.add_plan9(str(share), read_only=False)
+            layer = await vm.add_scsi(make_busybox_vhd(tmp_path), read_only=True)
+            sleeper = await start_busybox(vm, layer.guest_path, "sleeper", ["sleep", "1000"])
+            pid = system.pid
+            assert pid is not None
+            # A call that stays pending until the VM dies: wait on a process that never exits.
+            pending = asyncio.ensure_future(vm.bridge.wait_process("sleeper", sleeper))
+            await asyncio.sleep(0.5)
+            assert not pending.done()
+            killed = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            info = await asyncio.wait_for(vm.wait(), 10)
+            assert time.monotonic() - killed < 2.0
+            assert info.unexpected and "SIGKILL" in info.reason
+            with pytest.raises(BridgeClosedError, match="SIGKILL"):
+                await asyncio.wait_for(pending, 5)
+            with pytest.raises(BridgeClosedError, match="SIGKILL"):
+                await vm.bridge.dump_stacks(timeout=5)
+            try:
+                os.kill(pid, 0)
+                raise AssertionError("qemu still running")
+            except ProcessLookupError:
+                pass
+            assert not os.path.exists(system.paths.mux) and not os.path.exists(system.paths.qmp)
+            assert mounts_under(system.state_dir) == []
+            assert not os.path.exists(system.state_dir)
+            assert share.is_dir()
+        finally:
+            await vm.terminate()
+
+    asyncio.run(run())
+
+
+def test_uvm_run_command_prints_output_and_exit_code() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hcsshim.cli.main", "uvm", "run", "--cmd", "echo from uvm run; exit 3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "from uvm run\n"
