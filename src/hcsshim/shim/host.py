@@ -1,0 +1,169 @@
+"""What the pod model needs from the layer below: a started utility VM with a bridge to its guest.
+
+The protocols name exactly the calls the shim makes, so tests can stand in a fake VM and bridge. The real
+factory builds the UVM document with the builder's V1 pipeline (runhcs-v1 behaviour) and boots it through
+:class:`hcsshim.uvm.UtilityVM`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from hcsshim.api.runhcs.options import runhcs_pb2
+from hcsshim.shim.io import GuestStdio
+
+log = logging.getLogger("hcsshim.shim.host")
+
+
+class Bridge(Protocol):
+    async def create_container(
+        self, container_id: str, document: dict[str, Any], *, timeout: float | None = ...
+    ) -> dict[str, Any]: ...
+    async def start_container(self, container_id: str, *, timeout: float | None = ...) -> None: ...
+    async def execute_process(
+        self, container_id: str, params: dict[str, Any], *, timeout: float | None = ...
+    ) -> Any: ...
+    async def wait_process(self, container_id: str, pid: int, *, timeout: float | None = ...) -> int: ...
+    async def signal_process(
+        self, container_id: str, pid: int, signal: int, *, timeout: float | None = ...
+    ) -> None: ...
+    async def resize_console(
+        self, container_id: str, pid: int, height: int, width: int, *, timeout: float | None = ...
+    ) -> None: ...
+    async def get_properties(
+        self, container_id: str, property_types: list[str], *, timeout: float | None = ...
+    ) -> dict[str, Any]: ...
+    async def update_container(
+        self, container_id: str, resources: dict[str, Any], *, timeout: float | None = ...
+    ) -> None: ...
+    async def shutdown_forced(self, container_id: str, *, timeout: float | None = ...) -> None: ...
+    async def delete_container_state(self, container_id: str, *, timeout: float | None = ...) -> None: ...
+
+
+class ExitInfoLike(Protocol):
+    @property
+    def reason(self) -> Any: ...
+
+
+class Host(Protocol):
+    """A running utility VM (``hcsshim.uvm.UtilityVM`` satisfies it)."""
+
+    id: str
+
+    @property
+    def bridge(self) -> Any: ...
+    async def add_plan9(self, host_path: str, read_only: bool = ...) -> str: ...
+    async def remove_plan9(self, host_path: str) -> None: ...
+    async def terminate(self) -> None: ...
+    async def wait(self) -> Any: ...
+    def exit_reason(self) -> str: ...
+
+
+class GuestProcessLike(GuestStdio, Protocol):
+    pid: int
+
+
+HostFactory = Callable[[str, dict[str, Any], runhcs_pb2.Options | None], Awaitable[Host]]
+
+
+# Proto fields whose names are not snake_case upstream.
+_RENAMED = {"GPUVHDPath": "gpu_vhd_path", "NCProxyAddr": "ncproxy_addr"}
+
+
+def runtime_options(options: runhcs_pb2.Options | None) -> Any:
+    """The builder's RuntimeOptions from the proto (the builder stays protobuf-free)."""
+    builder = importlib.import_module("hcsshim.builder")
+    cls = builder.RuntimeOptions
+    if options is None:
+        return cls()
+    fields: dict[str, Any] = {}
+    names = set(getattr(cls, "__dataclass_fields__", {}))
+    for desc, value in options.ListFields():
+        name = _RENAMED.get(desc.name, desc.name)
+        if name in names:
+            fields[name] = dict(value) if name == "default_container_annotations" else value
+    return cls(**fields)
+
+
+# The qemu compute service has no VPMem (it rejects a VHD rootfs there); runhcs-v1 then attaches the
+# rootfs VHD to SCSI, as upstream does when the VPMem count is 0. An explicit annotation still wins.
+QEMU_DEFAULT_ANNOTATIONS = {"io.microsoft.virtualmachine.devices.virtualpmem.maximumcount": "0"}
+
+
+def build_uvm_document(owner: str, spec: dict[str, Any], options: runhcs_pb2.Options | None) -> Any:
+    """The V1 pipeline's LCOW UVM document, or the uvm package's default while the builder is absent."""
+    from hcsshim.hcs import default_backend
+    from hcsshim.uvm.document import boot_files_path, default_lcow_document
+
+    ann = {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
+    if default_backend() == "qemu":
+        ann = {**QEMU_DEFAULT_ANNOTATIONS, **ann}
+    try:
+        builder = importlib.import_module("hcsshim.builder")
+        build = builder.build_lcow_uvm_v1
+    except (ImportError, AttributeError):
+        log.info("builder V1 pipeline not available; using the default LCOW document", extra={"owner": owner})
+        return default_lcow_document(owner, ann)
+    root = (options.boot_files_root_path if options is not None else "") or boot_files_path()
+    files = frozenset(os.listdir(root)) if os.path.isdir(root) else frozenset()
+    boot_files = builder.BootFiles(root=root, files=files)
+    # A sandbox bundle may carry an empty spec; the V1 pipeline wants a Linux one.
+    lcow_spec = {**spec, "linux": spec.get("linux") or {}}
+    result = build(
+        owner=owner,
+        spec=lcow_spec,
+        annotations=ann,
+        options=runtime_options(options),
+        boot_files=boot_files,
+        uvm_id=f"{owner}@vm",
+    )
+    return result[0] if isinstance(result, tuple) else result
+
+
+# ``module:function`` of another HostFactory, for tests that run the guest agent without a VM.
+FACTORY_ENV = "HCSSHIM_SHIM_HOST_FACTORY"
+
+
+async def create_uvm(uvm_id: str, spec: dict[str, Any], options: runhcs_pb2.Options | None) -> Host:
+    """Create and boot the pod's (or a standalone task's) UVM; terminated again if the boot fails."""
+    override = os.environ.get(FACTORY_ENV)
+    if override:
+        module, _, name = override.partition(":")
+        factory: HostFactory = getattr(importlib.import_module(module), name)
+        return await factory(uvm_id, spec, options)
+    from hcsshim.uvm import UtilityVM
+
+    document = build_uvm_document(uvm_id, spec, options)
+    vm = await UtilityVM.create(uvm_id, document)
+    try:
+        await vm.start()
+    except BaseException:
+        await vm.terminate()
+        raise
+    return vm
+
+
+def container_document(
+    task_id: str, spec: dict[str, Any], root_path: str, bundle_path: str = ""
+) -> dict[str, Any]:
+    """The LCOW container document sent to the guest, rooted at ``root_path`` (a guest path); the bundle
+    goes to ``bundle_path`` in the guest, or the V1 layout's ``/run/gcs/c/<id>``."""
+    final = dict(spec)
+    final["root"] = {**(spec.get("root") or {}), "path": root_path}
+    try:
+        builder = importlib.import_module("hcsshim.builder")
+        build = builder.build_lcow_container_document
+    except (ImportError, AttributeError):
+        build = None
+    if build is not None:
+        doc = build(task_id, final, root_path=root_path, bundle_path=bundle_path)
+        result: dict[str, Any] = doc.to_dict() if hasattr(doc, "to_dict") else dict(doc)
+        return result
+    doc_dict: dict[str, Any] = {"SchemaVersion": {"Major": 2, "Minor": 1}, "OciSpecification": final}
+    if bundle_path:
+        doc_dict["OciBundlePath"] = bundle_path
+    return doc_dict

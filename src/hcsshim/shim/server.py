@@ -1,0 +1,117 @@
+"""The long-lived shim server (``serve``): ttrpc on the socket ``start`` handed down, events to containerd.
+
+It tells ``start`` it is serving through the ready pipe (``ok`` or the error text), logs to the bundle's
+``log`` FIFO, and exits once containerd's ``Shutdown`` finds no task left, or on SIGTERM/SIGINT, after
+tearing down whatever UVM is left and flushing queued events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import stat
+import sys
+
+from hcsshim.shim import logs
+from hcsshim.shim.flags import Flags
+from hcsshim.shim.kind import RUNHCS_V1, ShimKind
+from hcsshim.shim.options import decode_start_input, log_level
+from hcsshim.shim.service_task import TaskService
+from hcsshim.ttrpc import Server
+from hcsshim.ttrpc.address import socket_address
+
+log = logging.getLogger("hcsshim.shim.server")
+
+SHUTDOWN_GRACE = 0.05
+EVENT_FLUSH_TIMEOUT = 5.0
+
+
+def _signal_ready(fd: int, text: str) -> None:
+    if fd < 0:
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, (text.replace("\n", " ") + "\n").encode())
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _remove_socket(address: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        path = socket_address(address)
+        if not path.startswith("\0") and stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: log where every asyncio task is waiting (a hung RPC shows up here)."""
+    import io
+
+    for task in asyncio.all_tasks():
+        buf = io.StringIO()
+        task.print_stack(limit=12, file=buf)
+        log.warning("task stack", extra={"task": task.get_name(), "stack": buf.getvalue()})
+
+
+def ttrpc_address(flags: Flags) -> str:
+    return os.environ.get("TTRPC_ADDRESS") or (flags.address + ".ttrpc" if flags.address else "")
+
+
+async def _serve(flags: Flags, stdin_data: bytes, kind: ShimKind) -> int:
+    from hcsshim.shim.publisher import Publisher
+
+    start_input = decode_start_input(stdin_data, flags.id, flags.namespace)
+    publisher = Publisher(ttrpc_address(flags), flags.namespace)
+    stop = asyncio.Event()
+    service = TaskService(
+        publisher,
+        kind.factory(),
+        namespace=flags.namespace,
+        default_options=start_input.options,
+        on_shutdown=stop.set,
+    )
+    server = Server()
+    service.register(server)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+    if flags.listen_fd >= 0:
+        await server.start_fd(flags.listen_fd)
+    else:
+        await server.start(flags.socket)
+    _signal_ready(flags.ready_fd, "ok")
+    log.info("shim serving", extra={"address": flags.socket, "pid": os.getpid()})
+    await stop.wait()
+    log.info("shim shutting down", extra={"requested": service.shutdown_requested})
+    await asyncio.sleep(SHUTDOWN_GRACE)  # let the Shutdown response reach containerd
+    await service.close()
+    await publisher.close(timeout=EVENT_FLUSH_TIMEOUT)
+    await server.close()
+    _remove_socket(flags.socket)
+    return 0
+
+
+def serve(flags: Flags, kind: ShimKind = RUNHCS_V1) -> int:
+    stdin_data = sys.stdin.buffer.read()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    bundle = os.path.abspath(flags.bundle or os.getcwd())
+    logs.redirect_stderr_to_fifo(os.path.join(bundle, "log"))
+    try:
+        start_input = decode_start_input(stdin_data, flags.id, flags.namespace)
+        level = log_level(start_input, flags.debug)
+    except Exception as exc:
+        _signal_ready(flags.ready_fd, f"bad options: {exc}")
+        return 1
+    logs.configure(level, {"id": flags.id, "namespace": flags.namespace}, runtime=kind.runtime)
+    try:
+        return asyncio.run(_serve(flags, stdin_data, kind))
+    except BaseException as exc:
+        _signal_ready(flags.ready_fd, f"{type(exc).__name__}: {exc}")
+        log.exception("shim server failed")
+        _remove_socket(flags.socket)
+        return 1

@@ -1,0 +1,417 @@
+"""containerd's Task service (registered as both ``containerd.task.v2.Task`` and ``containerd.task.v3.Task``;
+the messages are wire-identical) on top of the pod model.
+
+Errors follow containerd's expectations (reference §1.7, §3.5): unknown ids → NotFound, duplicate exec
+ids → AlreadyExists, wrong state → FailedPrecondition, unsupported calls → Unimplemented. Events go
+through one ordered publisher: TaskCreate before Create returns, TaskStart before the exit watcher
+runs, TaskExit after output is drained, TaskDelete last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal as signals
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from google.protobuf import any_pb2, empty_pb2, json_format, timestamp_pb2
+from google.protobuf.message import Message
+
+from hcsshim.api.cgroups.v1 import metrics_pb2
+from hcsshim.api.containerd.events import task_pb2 as events
+from hcsshim.api.containerd.task.v2 import shim_pb2 as v2
+from hcsshim.api.containerd.task.v3 import shim_pb2 as v3
+from hcsshim.api.containerd.types.task import task_pb2 as task_types
+from hcsshim.api.runhcs.options import runhcs_pb2
+from hcsshim.api.runhcs.stats import stats_pb2
+from hcsshim.shim.host import HostFactory
+from hcsshim.shim.io import ProcessIO
+from hcsshim.shim.options import options_from_any
+from hcsshim.shim.pod import Pod, PodError
+from hcsshim.shim.process import Process, ProcessError, State
+from hcsshim.shim.rootfs import MountSpec
+from hcsshim.shim.spec import SpecError, read_spec, role_and_sandbox
+from hcsshim.shim.task import Task
+from hcsshim.ttrpc import Code, Context, MethodTable, Server, TtrpcError
+
+log = logging.getLogger("hcsshim.shim.task_service")
+
+SERVICE_V2 = "containerd.task.v2.Task"
+SERVICE_V3 = "containerd.task.v3.Task"
+_STATUS = {
+    State.CREATED: task_types.CREATED,
+    State.RUNNING: task_types.RUNNING,
+    State.STOPPED: task_types.STOPPED,
+}
+
+
+class EventSink(Protocol):
+    def publish(self, topic: str, event: Message, *, namespace: str | None = ...) -> None: ...
+
+
+def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    if seconds is not None:
+        ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _map_errors(exc: Exception) -> TtrpcError:
+    if isinstance(exc, TtrpcError):
+        return exc
+    if isinstance(exc, ProcessError):
+        return TtrpcError(Code.NOT_FOUND if exc.not_found else Code.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, (PodError, SpecError)):
+        return TtrpcError(Code.FAILED_PRECONDITION, str(exc))
+    return TtrpcError(Code.UNKNOWN, str(exc) or type(exc).__name__)
+
+
+class TaskService:
+    def __init__(
+        self,
+        events_sink: EventSink,
+        host_factory: HostFactory,
+        *,
+        namespace: str,
+        default_options: runhcs_pb2.Options | None = None,
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
+        self.events = events_sink
+        self.host_factory = host_factory
+        self.namespace = namespace
+        self.default_options = default_options
+        self.pod: Pod | None = None
+        self._lock = asyncio.Lock()
+        self._on_shutdown = on_shutdown
+        self.shutdown_requested = False
+
+    # ---- plumbing ------------------------------------------------------------------------------
+
+    def publish(self, event: Message) -> None:
+        from hcsshim.shim.publisher import topic_for
+
+        self.events.publish(topic_for(event), event, namespace=self.namespace)
+
+    def register(self, server: Server) -> None:
+        handlers: dict[str, tuple[str, Callable[[Context, Any], Awaitable[Message]]]] = {
+            "State": ("StateRequest", self.state),
+            "Create": ("CreateTaskRequest", self.create),
+            "Start": ("StartRequest", self.start),
+            "Delete": ("DeleteRequest", self.delete),
+            "Pids": ("PidsRequest", self.pids),
+            "Pause": ("PauseRequest", self.pause),
+            "Resume": ("ResumeRequest", self.resume),
+            "Checkpoint": ("CheckpointTaskRequest", self.checkpoint),
+            "Kill": ("KillRequest", self.kill),
+            "Exec": ("ExecProcessRequest", self.exec),
+            "ResizePty": ("ResizePtyRequest", self.resize_pty),
+            "CloseIO": ("CloseIORequest", self.close_io),
+            "Update": ("UpdateTaskRequest", self.update),
+            "Wait": ("WaitRequest", self.wait),
+            "Stats": ("StatsRequest", self.stats),
+            "Connect": ("ConnectRequest", self.connect),
+            "Shutdown": ("ShutdownRequest", self.shutdown),
+        }
+        for service, module in ((SERVICE_V2, v2), (SERVICE_V3, v3)):
+            table: MethodTable = {
+                name: (getattr(module, req), self._wrap(fn)) for name, (req, fn) in handlers.items()
+            }
+            server.register(service, table)
+
+    @staticmethod
+    def _wrap(
+        fn: Callable[[Context, Any], Awaitable[Message]],
+    ) -> Callable[[Context, Any], Awaitable[Message]]:
+        async def handler(ctx: Context, req: Any) -> Message:
+            try:
+                return await fn(ctx, req)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                err = _map_errors(exc)
+                if err.code == Code.UNKNOWN:
+                    log.exception("task call failed", extra={"method": ctx.method})
+                raise err from exc
+
+        return handler
+
+    def _task(self, task_id: str) -> Task:
+        task = self.pod.tasks.get(task_id) if self.pod is not None else None
+        if task is None:
+            raise TtrpcError(Code.NOT_FOUND, f"task {task_id}: not found")
+        return task
+
+    def _on_exit(self, proc: Process) -> None:
+        self.publish(
+            events.TaskExit(
+                container_id=proc.container_id,
+                id=proc.exec_id or proc.container_id,
+                pid=proc.pid,
+                exit_status=proc.exit_status,
+                exited_at=timestamp(proc.exited_at),
+            )
+        )
+
+    def _on_host_exit(self, reason: str) -> None:
+        log.error("pod lost its utility VM", extra={"reason": reason})
+
+    # ---- create / start / delete ---------------------------------------------------------------
+
+    async def create(self, ctx: Context, req: v2.CreateTaskRequest) -> v2.CreateTaskResponse:
+        if req.checkpoint or req.parent_checkpoint:
+            raise TtrpcError(Code.UNIMPLEMENTED, "checkpoint restore is not supported")
+        async with self._lock:
+            if self.pod is not None and req.id in self.pod.tasks:
+                raise TtrpcError(Code.ALREADY_EXISTS, f"task {req.id}: already exists")
+            spec = read_spec(req.bundle)
+            role, sandbox_id = role_and_sandbox(spec, req.id)
+            options = options_from_any(req.options if req.HasField("options") else None)
+            options = options or self.default_options
+            process_spec = spec.get("process") or {}
+            terminal = bool(req.terminal or process_spec.get("terminal"))
+            io = ProcessIO(req.stdin, req.stdout, req.stderr, terminal)
+            rootfs = [MountSpec(m.type, m.source, tuple(m.options)) for m in req.rootfs]
+            new_pod = self.pod is None
+            if self.pod is None:
+                host = await self.host_factory(req.id, spec, options)
+                self.pod = Pod(req.id, role, host, self._on_host_exit)
+            else:
+                self.pod.check_joinable(req.id, role, sandbox_id)
+            pod = self.pod
+            task = Task(
+                req.id,
+                req.bundle,
+                spec,
+                role,
+                pod.host,
+                io,
+                owns_host=new_pod,
+                on_exit=self._on_exit,
+            )
+            try:
+                await task.create(rootfs)
+            except BaseException:
+                if new_pod:
+                    await pod.close()
+                    self.pod = None
+                raise
+            pod.tasks[req.id] = task
+        self.publish(
+            events.TaskCreate(
+                container_id=req.id,
+                bundle=req.bundle,
+                rootfs=list(req.rootfs),
+                io=events.TaskIO(
+                    stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal
+                ),
+                checkpoint=req.checkpoint,
+                pid=task.init.pid,
+            )
+        )
+        log.info("task created", extra={"task": req.id, "role": role.value or "standalone"})
+        return v2.CreateTaskResponse(pid=task.init.pid)
+
+    async def start(self, ctx: Context, req: v2.StartRequest) -> v2.StartResponse:
+        task = self._task(req.id)
+        proc = task.process(req.exec_id)
+
+        def started(p: Process) -> None:
+            if p.is_init:
+                self.publish(events.TaskStart(container_id=req.id, pid=p.pid))
+            else:
+                self.publish(events.TaskExecStarted(container_id=req.id, exec_id=p.exec_id, pid=p.pid))
+
+        if proc.is_init:
+            pid = await task.start(started)
+        else:
+            pid = await proc.start(task.host.bridge, started)
+        return v2.StartResponse(pid=pid)
+
+    async def delete(self, ctx: Context, req: v2.DeleteRequest) -> v2.DeleteResponse:
+        task = self._task(req.id)
+        if req.exec_id:
+            proc = await task.remove_exec(req.exec_id)
+            self.publish(self._delete_event(proc))
+            return self._delete_response(proc)
+        proc = task.init
+        if proc.state is State.RUNNING:
+            raise TtrpcError(Code.FAILED_PRECONDITION, f"task {req.id} is still running")
+        pod = self.pod
+        assert pod is not None
+        if task.owns_host and len(pod.tasks) > 1:
+            others = sorted(t for t in pod.tasks if t != req.id)
+            raise TtrpcError(Code.FAILED_PRECONDITION, f"sandbox {req.id} still has containers {others}")
+        if proc.state is State.CREATED:
+            proc.set_exited(255, "deleted before it was started")
+        await task.delete()
+        del pod.tasks[req.id]
+        if task.owns_host:
+            await pod.close()
+            self.pod = None
+        self.publish(self._delete_event(proc))
+        log.info("task deleted", extra={"task": req.id, "status": proc.exit_status})
+        return self._delete_response(proc)
+
+    @staticmethod
+    def _delete_event(proc: Process) -> events.TaskDelete:
+        return events.TaskDelete(
+            container_id=proc.container_id,
+            pid=proc.pid,
+            exit_status=proc.exit_status,
+            exited_at=timestamp(proc.exited_at),
+            id=proc.exec_id,
+        )
+
+    @staticmethod
+    def _delete_response(proc: Process) -> v2.DeleteResponse:
+        return v2.DeleteResponse(
+            pid=proc.pid, exit_status=proc.exit_status, exited_at=timestamp(proc.exited_at)
+        )
+
+    # ---- processes -----------------------------------------------------------------------------
+
+    async def exec(self, ctx: Context, req: v2.ExecProcessRequest) -> empty_pb2.Empty:
+        task = self._task(req.id)
+        if req.exec_id in task.execs:
+            raise TtrpcError(Code.ALREADY_EXISTS, f"exec {req.exec_id}: already exists")
+        try:
+            oci_process = json.loads(req.spec.value or b"{}")
+        except ValueError as exc:
+            raise TtrpcError(Code.INVALID_ARGUMENT, f"exec {req.exec_id}: process spec: {exc}") from exc
+        terminal = bool(req.terminal or oci_process.get("terminal"))
+        oci_process["terminal"] = terminal
+        task.add_exec(req.exec_id, ProcessIO(req.stdin, req.stdout, req.stderr, terminal), oci_process)
+        self.publish(events.TaskExecAdded(container_id=req.id, exec_id=req.exec_id))
+        return empty_pb2.Empty()
+
+    async def kill(self, ctx: Context, req: v2.KillRequest) -> empty_pb2.Empty:
+        task = self._task(req.id)
+        await task.kill(req.exec_id, int(req.signal or signals.SIGTERM), req.all)
+        return empty_pb2.Empty()
+
+    async def resize_pty(self, ctx: Context, req: v2.ResizePtyRequest) -> empty_pb2.Empty:
+        await self._task(req.id).process(req.exec_id).resize(req.width, req.height)
+        return empty_pb2.Empty()
+
+    async def close_io(self, ctx: Context, req: v2.CloseIORequest) -> empty_pb2.Empty:
+        proc = self._task(req.id).process(req.exec_id)
+        if req.stdin:
+            proc.close_stdin()
+        return empty_pb2.Empty()
+
+    async def wait(self, ctx: Context, req: v2.WaitRequest) -> v2.WaitResponse:
+        proc = self._task(req.id).process(req.exec_id)
+        await proc.wait()
+        return v2.WaitResponse(exit_status=proc.exit_status, exited_at=timestamp(proc.exited_at))
+
+    async def state(self, ctx: Context, req: v2.StateRequest) -> v2.StateResponse:
+        task = self._task(req.id)
+        proc = task.process(req.exec_id)
+        return v2.StateResponse(
+            id=req.id,
+            bundle=task.bundle,
+            pid=proc.pid,
+            status=_STATUS[proc.state],
+            stdin=proc.io.stdin_path,
+            stdout=proc.io.stdout_path,
+            stderr=proc.io.stderr_path,
+            terminal=proc.terminal,
+            exit_status=proc.exit_status,
+            exited_at=timestamp(proc.exited_at) if proc.exited_at is not None else None,
+            exec_id=req.exec_id,
+        )
+
+    async def pids(self, ctx: Context, req: v2.PidsRequest) -> v2.PidsResponse:
+        task = self._task(req.id)
+        by_pid = {p.pid: p.exec_id for p in task.execs.values() if p.pid}
+        infos = []
+        for pid in await task.pids():
+            info = task_types.ProcessInfo(pid=pid)
+            exec_id = by_pid.get(pid)
+            if exec_id:
+                details = runhcs_pb2.ProcessDetails(exec_id=exec_id, process_id=pid)
+                info.info.CopyFrom(
+                    any_pb2.Any(type_url=details.DESCRIPTOR.full_name, value=details.SerializeToString())
+                )
+            infos.append(info)
+        return v2.PidsResponse(processes=infos)
+
+    # ---- whole task ----------------------------------------------------------------------------
+
+    async def pause(self, ctx: Context, req: v2.PauseRequest) -> empty_pb2.Empty:
+        task = self._task(req.id)
+        system = self._own_system(task, "pause")
+        await system.pause()
+        self.publish(events.TaskPaused(container_id=req.id))
+        return empty_pb2.Empty()
+
+    async def resume(self, ctx: Context, req: v2.ResumeRequest) -> empty_pb2.Empty:
+        task = self._task(req.id)
+        system = self._own_system(task, "resume")
+        await system.resume()
+        self.publish(events.TaskResumed(container_id=req.id))
+        return empty_pb2.Empty()
+
+    def _own_system(self, task: Task, what: str) -> Any:
+        # Linux guests cannot freeze one container through the bridge; a task alone in its UVM is paused
+        # by pausing the VM, which is exactly that task.
+        system = getattr(task.host, "system", None)
+        pod = self.pod
+        if not task.owns_host or pod is None or len(pod.tasks) != 1 or system is None:
+            raise TtrpcError(Code.UNIMPLEMENTED, f"{what} is only supported for a task alone in its UVM")
+        return system
+
+    async def checkpoint(self, ctx: Context, req: v2.CheckpointTaskRequest) -> empty_pb2.Empty:
+        raise TtrpcError(Code.UNIMPLEMENTED, "checkpoint is not supported")
+
+    async def update(self, ctx: Context, req: v2.UpdateTaskRequest) -> empty_pb2.Empty:
+        task = self._task(req.id)
+        if not req.HasField("resources") or not req.resources.value:
+            return empty_pb2.Empty()
+        if not req.resources.type_url.endswith("LinuxResources"):
+            raise TtrpcError(Code.INVALID_ARGUMENT, f"unsupported resources type {req.resources.type_url}")
+        try:
+            resources = json.loads(req.resources.value)
+        except ValueError as exc:
+            raise TtrpcError(Code.INVALID_ARGUMENT, f"resources: {exc}") from exc
+        await task.host.bridge.update_container(req.id, resources)
+        return empty_pb2.Empty()
+
+    async def stats(self, ctx: Context, req: v2.StatsRequest) -> v2.StatsResponse:
+        task = self._task(req.id)
+        props = await task.host.bridge.get_properties(req.id, ["Statistics"])
+        metrics = metrics_pb2.Metrics()
+        json_format.ParseDict(props.get("LCOWMetrics") or {}, metrics, ignore_unknown_fields=True)
+        stats = stats_pb2.Statistics(linux=metrics)
+        packed = any_pb2.Any(type_url=stats.DESCRIPTOR.full_name, value=stats.SerializeToString())
+        return v2.StatsResponse(stats=packed)
+
+    async def connect(self, ctx: Context, req: v2.ConnectRequest) -> v2.ConnectResponse:
+        task = self.pod.tasks.get(req.id) if self.pod is not None else None
+        return v2.ConnectResponse(shim_pid=os.getpid(), task_pid=task.init.pid if task else 0)
+
+    async def shutdown(self, ctx: Context, req: v2.ShutdownRequest) -> empty_pb2.Empty:
+        if self.pod is not None and self.pod.tasks and not req.now:
+            return empty_pb2.Empty()
+        self.shutdown_requested = True
+        if self._on_shutdown is not None:
+            # After this response is on the wire: containerd waits for it, then closes.
+            asyncio.get_running_loop().call_soon(self._on_shutdown)
+        return empty_pb2.Empty()
+
+    async def close(self) -> None:
+        """Tear down whatever is left (SIGTERM, or Shutdown with now=true)."""
+        pod, self.pod = self.pod, None
+        if pod is None:
+            return
+        for task in list(pod.tasks.values()):
+            try:
+                await task.delete()
+            except Exception as exc:
+                log.warning("task cleanup failed", extra={"task": task.id, "error": exc})
+        await pod.close()
+        log.info("shim closed at %s", time.strftime("%H:%M:%S"))

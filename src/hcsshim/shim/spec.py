@@ -1,0 +1,73 @@
+"""The bundle's OCI spec as the shim needs it: annotations and the CRI pod role of a task."""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import json
+import os
+from typing import Any
+
+CONTAINER_TYPE = "io.kubernetes.cri.container-type"
+SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
+
+
+class SpecError(ValueError):
+    pass
+
+
+class Role(enum.Enum):
+    SANDBOX = "sandbox"
+    CONTAINER = "container"
+    STANDALONE = ""
+
+
+def read_spec(bundle: str) -> dict[str, Any]:
+    """``config.json`` of a bundle; a sandbox bundle may hold ``null`` or nothing (reference §2.5)."""
+    try:
+        with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"{bundle}/config.json: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def spec_annotations(spec: dict[str, Any]) -> dict[str, str]:
+    raw = spec.get("annotations") or {}
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+def role_and_sandbox(spec: dict[str, Any], task_id: str) -> tuple[Role, str]:
+    """(role, sandbox id) of a task; the oci package's parser when it is there, the same rules here."""
+    ann = spec_annotations(spec)
+    try:
+        oci = importlib.import_module("hcsshim.oci")
+        parse = oci.sandbox_type_and_id
+    except (ImportError, AttributeError):
+        parse = None
+    if parse is not None:
+        try:
+            kind, sid = parse(ann)
+        except Exception as exc:
+            raise SpecError(str(exc)) from exc
+        kind = str(getattr(kind, "value", kind) or "")
+        return _role(kind, str(sid or ""), task_id)
+    return _role(ann.get(CONTAINER_TYPE, ""), ann.get(SANDBOX_ID, ""), task_id)
+
+
+def _role(kind: str, sid: str, task_id: str) -> tuple[Role, str]:
+    if kind == "sandbox":
+        if sid and sid != task_id:
+            raise SpecError(f"sandbox task {task_id} names a different {SANDBOX_ID} {sid!r}")
+        return Role.SANDBOX, task_id
+    if kind == "container":
+        if not sid:
+            raise SpecError(f"container task {task_id} has no {SANDBOX_ID} annotation")
+        return Role.CONTAINER, sid
+    if kind:
+        raise SpecError(f"invalid {CONTAINER_TYPE} {kind!r}")
+    if sid:
+        raise SpecError(f"{SANDBOX_ID} {sid!r} without {CONTAINER_TYPE}")
+    return Role.STANDALONE, ""

@@ -1,0 +1,223 @@
+"""containerd-shim-runhcs-v1 end to end: Debian's containerd 1.6 (private instance), ``ctr`` and real UVMs."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from hcsshim.hcs.qemu.system import state_dir_for
+from tests.support.containerd import CONTAINERD, Containerd, start_containerd, stop_containerd
+from tests.support.shim_checks import (
+    RUNTIME,
+    bundle_path,
+    import_busybox,
+    mounts_under,
+    qemu_pids,
+    run_in_pty,
+    shim_socket,
+    wait_until,
+)
+from tests.support.uvm import boot_files
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+UVM_TIMEOUT = 300.0
+
+
+@pytest.fixture(scope="module")
+def image(containerd: Containerd) -> Iterator[str]:
+    if boot_files() is None:
+        pytest.skip("no UVM image (run `hcsshim uvm build`)")
+    with tempfile.TemporaryDirectory() as d:
+        yield import_busybox(containerd, d)
+
+
+def _assert_gone(c: Containerd, task_id: str) -> None:
+    assert wait_until(lambda: not qemu_pids(task_id), 20), f"QEMU of {task_id} still running"
+    # containerd may still be running `shim delete` (then removing the bundle) for a dead shim.
+    bundle = bundle_path(c, task_id)
+    assert wait_until(lambda: not mounts_under(bundle), 20), mounts_under(bundle)
+    vm_state = state_dir_for(f"{task_id}@vm")
+    assert wait_until(lambda: not mounts_under(vm_state), 10), mounts_under(vm_state)
+    assert wait_until(lambda: not os.path.exists(shim_socket(c, task_id)), 10), "shim socket left behind"
+    assert wait_until(lambda: not os.path.exists(bundle), 10), "bundle left behind"
+
+
+def test_ctr_run_rm_prints_output_and_exit_code(containerd: Containerd, image: str) -> None:
+    proc = containerd.ctr(
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        image,
+        "shim-run",
+        "sh",
+        "-c",
+        "echo hello from a UVM; uname -r; exit 7",
+        check=False,
+        timeout=UVM_TIMEOUT,
+    )
+    assert proc.returncode == 7, proc.stdout + proc.stderr + containerd.log_tail()
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "hello from a UVM"
+    # The container ran on the UVM's kernel, not the host's.
+    assert lines[1] != os.uname().release
+    _assert_gone(containerd, "shim-run")
+
+
+def test_container_writes_stay_out_of_the_image(containerd: Containerd, image: str) -> None:
+    proc = containerd.ctr(
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        image,
+        "shim-write",
+        "sh",
+        "-c",
+        "echo scribble > /bin/written-by-container && cat /bin/written-by-container",
+        check=False,
+        timeout=UVM_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "scribble"
+    proc = containerd.ctr(
+        "run",
+        "--rm",
+        image,
+        "runc-check",
+        "sh",
+        "-c",
+        "test -e /bin/written-by-container && echo leaked || echo clean",
+    )
+    assert proc.stdout.strip() == "clean"
+
+
+def test_ctr_task_exec_with_tty(containerd: Containerd, image: str) -> None:
+    cid = "shim-exec"
+    containerd.ctr("run", "-d", "--runtime", RUNTIME, image, cid, "sleep", "600", timeout=UVM_TIMEOUT)
+    try:
+        code, out = run_in_pty(
+            containerd.ctr_argv(
+                "task", "exec", "-t", "--exec-id", "e1", cid, "sh", "-c", "test -t 0 && echo IS-A-TTY; tty"
+            ),
+            containerd.env,
+        )
+        assert code == 0, out
+        assert "IS-A-TTY" in out
+        assert re.search(r"/dev/(pts/\d+|console)", out), out
+        proc = containerd.ctr(
+            "task", "exec", "--exec-id", "e2", cid, "sh", "-c", "echo plain; exit 4", check=False
+        )
+        assert proc.returncode == 4 and proc.stdout.strip() == "plain"
+    finally:
+        containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
+        wait_until(lambda: "STOPPED" in containerd.ctr("task", "ls", check=False).stdout, 60)
+        containerd.ctr("task", "delete", cid, check=False, timeout=60)
+        containerd.ctr("container", "delete", cid, check=False)
+
+
+def test_ctr_task_kill_and_delete_leave_nothing_behind(containerd: Containerd, image: str) -> None:
+    cid = "shim-kill"
+    containerd.ctr("run", "-d", "--runtime", RUNTIME, image, cid, "sleep", "600", timeout=UVM_TIMEOUT)
+    assert len(qemu_pids(cid)) == 1
+    assert os.path.exists(shim_socket(containerd, cid))
+    assert mounts_under(bundle_path(containerd, cid)) != []
+    containerd.ctr("task", "kill", "-s", "SIGKILL", cid)
+
+    def stopped() -> bool:
+        return bool(re.search(rf"^{cid}\s+\d+\s+STOPPED", containerd.ctr("task", "ls").stdout, re.M))
+
+    assert wait_until(stopped, 60), containerd.ctr("task", "ls").stdout
+    containerd.ctr("task", "delete", cid, timeout=60)
+    containerd.ctr("container", "delete", cid)
+    _assert_gone(containerd, cid)
+
+
+def _stopped(c: Containerd, cid: str) -> bool:
+    return bool(re.search(rf"^{cid}\s+\d+\s+STOPPED", c.ctr("task", "ls", check=False).stdout, re.M))
+
+
+def test_uvm_death_fails_the_task_with_a_reason(containerd: Containerd, image: str) -> None:
+    cid = "shim-vmdeath"
+    containerd.ctr("run", "-d", "--runtime", RUNTIME, image, cid, "sleep", "600", timeout=UVM_TIMEOUT)
+    try:
+        (qemu,) = qemu_pids(cid)
+        os.kill(qemu, signal.SIGKILL)
+        assert wait_until(lambda: _stopped(containerd, cid), 60), containerd.ctr("task", "ls").stdout
+        assert f"utility VM {cid} exited" in containerd.log_tail(400)
+    finally:
+        containerd.ctr("task", "delete", cid, check=False, timeout=60)
+        containerd.ctr("container", "delete", cid, check=False)
+    _assert_gone(containerd, cid)
+
+
+def test_containerd_restart_finds_the_shim_again(image: str) -> None:
+    c = start_containerd()
+    cid = "shim-restart"
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            import_busybox(c, d)
+        c.ctr("run", "-d", "--runtime", RUNTIME, image, cid, "sleep", "600", timeout=UVM_TIMEOUT)
+        before = c.ctr("task", "ls").stdout
+        assert c.process is not None
+        c.process.send_signal(signal.SIGTERM)
+        c.process.wait(timeout=30)
+        assert os.path.exists(shim_socket(c, cid)), "the shim must outlive containerd"
+        with open(c.log_path, "ab") as log:
+            c.process = subprocess.Popen(
+                [CONTAINERD, "--config", str(c.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=c.env,
+                cwd=c.base,
+                start_new_session=True,
+            )
+        assert wait_until(lambda: c.ctr("version", check=False).returncode == 0, 30)
+        # Reloaded through <bundle>/address and Connect: same task, same pid, still running.
+        assert wait_until(lambda: c.ctr("task", "ls").stdout == before, 30), c.ctr("task", "ls").stdout
+        proc = c.ctr(
+            "task", "exec", "--exec-id", "again", cid, "echo", "reconnected", check=False, timeout=120
+        )
+        assert proc.returncode == 0 and proc.stdout.strip() == "reconnected", proc.stderr
+        c.ctr("task", "kill", "-s", "SIGKILL", cid)
+        assert wait_until(lambda: _stopped(c, cid), 60)
+        c.ctr("task", "delete", cid, timeout=60)
+        c.ctr("container", "delete", cid)
+        _assert_gone(c, cid)
+    finally:
+        stop_containerd(c)
+
+
+def _shim_server_pid(cid: str) -> int:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and cid.encode() in argv and b"hcsshim.cli.shim_runhcs_v1" in argv:
+            return int(entry)
+    raise AssertionError(f"no shim server for {cid}")
+
+
+def test_killed_shim_is_cleaned_up_by_delete(containerd: Containerd, image: str) -> None:
+    cid = "shim-crash"
+    containerd.ctr("run", "-d", "--runtime", RUNTIME, image, cid, "sleep", "600", timeout=UVM_TIMEOUT)
+    try:
+        os.kill(_shim_server_pid(cid), signal.SIGKILL)
+        # containerd notices the dead connection and runs `containerd-shim-runhcs-v1 delete`.
+        assert wait_until(lambda: cid not in containerd.ctr("task", "ls", check=False).stdout, 60)
+        _assert_gone(containerd, cid)
+    finally:
+        containerd.ctr("task", "delete", cid, check=False, timeout=60)
+        containerd.ctr("container", "delete", cid, check=False)
