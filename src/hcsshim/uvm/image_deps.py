@@ -247,4 +247,9 @@ STARTUP_MODULES = (
     "importlib.util",
     "importlib.machinery",
     "pkgutil",
+    # Imported lazily (module __getattr__ or inside functions), so tracing the agent's top-level
+    # imports misses them: asyncio's run_in_executor needs the thread pool, socket needs idna.
+    "concurrent.futures.thread",
+    "encodings.idna",
+    "stringprep",
 )
