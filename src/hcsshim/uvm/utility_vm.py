@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from hcsshim.gcs import mux
 from hcsshim.gcs.protocol import BRIDGE_PORT, LOG_PORT
 from hcsshim.hcs import ComputeSystem, ExitInfo, HcsError, create_compute_system, document_to_dict
+from hcsshim.hcs.qemu import vsock
 from hcsshim.hcs.qemu.config import SCSI_CONTROLLER_GUIDS, controller_index
 from hcsshim.uvm.document import default_lcow_document
 from hcsshim.uvm.errors import UvmError
@@ -114,9 +115,14 @@ class UtilityVM:
     async def start(self, timeout: float = GCS_CONNECTION_TIMEOUT) -> None:
         """Boot, accept the guest's mux session and negotiate the bridge within `timeout`."""
         address = self.system.hvsocket_address
-        if not address or not address.startswith("unix:"):
+        transport: mux.Transport
+        if address and address.startswith("vsock:"):
+            # vsock (hcs/qemu/vsock.py): the backend listens; the guest connects after boot.
+            transport = vsock.transport_for(self.system)
+        elif address and address.startswith("unix:"):
+            transport = await mux.connect_unix(address[len("unix:") :])
+        else:
             raise UvmError(self.id, "start", f"unsupported HvSocket address {address!r}")
-        transport = await mux.connect_unix(address[len("unix:") :])
         self.session = mux.MuxSession(_VmTransport(transport, self), mux.Role.HOST).start()
         # Listen before the guest can dial (upstream: PrepareConnection before Start).
         log_listener = await self.session.listen(LOG_PORT)
@@ -154,7 +160,7 @@ class UtilityVM:
             self.id,
             "start",
             f"waiting for the guest agent to dial and negotiate the bridge {what} "
-            f"(mux port 0x{BRIDGE_PORT:x} over virtio-serial {address}); console tail: {console[-600:]!r}",
+            f"(mux port 0x{BRIDGE_PORT:x} over {address}); console tail: {console[-600:]!r}",
         ) from err
 
     def _console_tail(self) -> str:

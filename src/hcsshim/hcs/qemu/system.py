@@ -27,7 +27,7 @@ from hcsshim.hcs.errors import (
     ErrVmcomputeUnexpectedExit,
     HcsError,
 )
-from hcsshim.hcs.qemu import devices
+from hcsshim.hcs.qemu import devices, vsock
 from hcsshim.hcs.qemu.accel import CACHE_DIR, choose_accel
 from hcsshim.hcs.qemu.cmdline import Paths, build_argv
 from hcsshim.hcs.qemu.config import VmConfig, parse_document
@@ -131,6 +131,9 @@ class QemuComputeSystem(ComputeSystem):
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = 0.0
         self._op_lock = asyncio.Lock()
+        # HvSocket stand-in (hcs/qemu/vsock.py): vsock where the host has vhost-vsock, else virtio-serial.
+        self.vsock_host: vsock.VsockHost | None = None
+        self.hvsocket_decision = vsock.Decision(vsock.TRANSPORT_VIRTIO_SERIAL, "not decided yet")
 
     # ---- creation ------------------------------------------------------------------------------
 
@@ -165,6 +168,10 @@ class QemuComputeSystem(ComputeSystem):
         os.makedirs(self.paths.plan9_root, mode=0o700)
         self.accel, self.accel_reason = await choose_accel(QEMU_BINARY, self.cfg.kernel)
         argv = build_argv(QEMU_BINARY, self.id, self.cfg, self.paths, self.accel)
+        # vsock (hcs/qemu/vsock.py): reserve a CID, listen, add the device and the kernel parameter.
+        self.hvsocket_decision, self.vsock_host = vsock.setup(self.id)
+        if self.vsock_host is not None:
+            argv = self.vsock_host.apply(argv)
         await self.qmp.start_server(self.paths.qmp)
         stderr = open(os.path.join(self.state_dir, "qemu.log"), "wb")  # noqa: SIM115 - handed to the child
         try:
@@ -174,6 +181,7 @@ class QemuComputeSystem(ComputeSystem):
                 stdout=stderr,
                 stderr=stderr,
                 preexec_fn=_die_with_parent,
+                pass_fds=(self.vsock_host.vhost_fd,) if self.vsock_host is not None else (),
             )
         finally:
             stderr.close()
@@ -269,6 +277,8 @@ class QemuComputeSystem(ComputeSystem):
             if task is not asyncio.current_task():
                 task.cancel()
         self.devices.release_all()
+        if self.vsock_host is not None:  # vsock: release the CID and the listener
+            self.vsock_host.close()
         left = remove_tree_safely(self.state_dir)
         if left:
             log.error("state left behind", extra={"id": self.id, "paths": left})
@@ -371,6 +381,14 @@ class QemuComputeSystem(ComputeSystem):
                 "StateDir": self.state_dir,
                 "ConsoleLog": self.paths.console,
                 "Rootfs": self.cfg.rootfs,
+                # vsock (hcs/qemu/vsock.py): which HvSocket stand-in this VM uses, and why.
+                "HvSocketTransport": self.hvsocket_decision.transport,
+                "HvSocketTransportReason": self.hvsocket_decision.reason,
+                **(
+                    {"GuestCid": self.vsock_host.cid, "VsockPort": self.vsock_host.port}
+                    if self.vsock_host is not None
+                    else {}
+                ),
             },
         }
         if self._exit is not None:
@@ -405,6 +423,8 @@ class QemuComputeSystem(ComputeSystem):
 
     @property
     def hvsocket_address(self) -> str | None:
+        if self.vsock_host is not None:  # vsock: `vsock:<guest cid>:<host port>`
+            return self.vsock_host.address
         return f"unix:{self.paths.mux}"
 
     @property

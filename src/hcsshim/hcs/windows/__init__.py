@@ -1,22 +1,23 @@
-"""The windows backend (computecore.dll). Not implemented yet: every call raises a clear
-ErrPlatformNotSupported so callers on Windows know what is missing."""
+"""The windows backend: the ComputeSystem interface over computecore.dll through ctypes.
+
+computecore.dll is loaded on first use and only on Windows; elsewhere every call raises
+ErrPlatformNotSupported naming the operation and system. `computecore.set_loader()` swaps the
+library for a fake (the unit tests run this backend on Linux that way)."""
 
 from __future__ import annotations
 
-import sys
-
-from hcsshim.hcs.errors import ErrPlatformNotSupported
 from hcsshim.hcs.system import ComputeSystem, Document
-
-
-def _unavailable(op: str, system_id: str) -> ErrPlatformNotSupported:
-    where = "on this platform" if sys.platform != "win32" else "yet (computecore.dll binding not written)"
-    return ErrPlatformNotSupported(op, system_id, f"the windows HCS backend is not available {where}")
+from hcsshim.hcs.windows.computecore import ComputeCore, get_computecore, set_loader
+from hcsshim.hcs.windows.system import WindowsComputeSystem
+from hcsshim.hcs.windows.system import open_system as _open_system
 
 
 async def create(system_id: str, document: Document) -> ComputeSystem:
-    raise _unavailable("CreateComputeSystem", system_id)
+    return await WindowsComputeSystem.create(system_id, document)
 
 
 def open_system(system_id: str) -> ComputeSystem:
-    raise _unavailable("OpenComputeSystem", system_id)
+    return _open_system(system_id)
+
+
+__all__ = ["ComputeCore", "WindowsComputeSystem", "create", "get_computecore", "open_system", "set_loader"]
