@@ -99,5 +99,5 @@ class ComputeSystem(abc.ABC):
 
     @property
     def hvsocket_address(self) -> str | None:
-        """Where the host reaches the guest's HvSocket stand-in (`unix:/path` or `vsock:<cid>`)."""
+        """Where the host reaches the guest's HvSocket stand-in (`unix:/path` or `vsock:<cid>:<port>`)."""
         return None
