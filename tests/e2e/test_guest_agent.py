@@ -346,7 +346,11 @@ def test_scsi_disk_by_controller_and_lun_mount_unmount_and_eject(tmp_path: Path)
     dev = loop.stdout.strip()
     sysfs = tmp_path / "fake-sysfs"
     lun_dir = sysfs / "sys/bus/pci/devices/0000:00:11.0/virtio4/host1/target1:0:0/1:0:0:2"
-    (lun_dir / "block" / os.path.basename(dev)).mkdir(parents=True)
+    block_dir = lun_dir / "block" / os.path.basename(dev)
+    block_dir.mkdir(parents=True)
+    # The agent waits for a non-zero size before it mounts (a hot-added disk can exist before it opens).
+    real_size = Path("/sys/block", os.path.basename(dev), "size").read_text()
+    (block_dir / "size").write_text(real_size)
 
     async def scenario(agent: GuestAgent, work: Path) -> None:
         c = agent.client

@@ -131,7 +131,13 @@ class Containerd:
         return self.base / "containerd.log"
 
     def ctr_argv(self, *args: str, namespace: str | None = None) -> list[str]:
-        return [CTR, "--address", self.grpc_address, "--namespace", namespace or self.namespace, *args]
+        cmd = list(args)
+        # ctr keeps the task's stdio FIFOs under /run/containerd/fifo unless told otherwise, and
+        # leaves their directory behind when it exits through an error path; keep them in our base.
+        words = 2 if cmd[:2] in (["task", "start"], ["task", "exec"]) else 1 if cmd[:1] == ["run"] else 0
+        if words and "--fifo-dir" not in cmd:
+            cmd[words:words] = ["--fifo-dir", str(self.base / "fifo")]
+        return [CTR, "--address", self.grpc_address, "--namespace", namespace or self.namespace, *cmd]
 
     def ctr(
         self,

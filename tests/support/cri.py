@@ -8,7 +8,6 @@ generated code is checked in for a test helper.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import os
 import tempfile
@@ -27,19 +26,16 @@ def api() -> ModuleType:
     """The compiled ``cri_v1_pb2`` module."""
     from grpc_tools import protoc  # type: ignore[import-untyped]
 
-    with open(PROTO, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:12]
-    out = os.path.join(tempfile.gettempdir(), f"hcsshim-cri-{digest}")
-    module_path = os.path.join(out, "cri_v1_pb2.py")
-    if not os.path.exists(module_path):
-        os.makedirs(out, exist_ok=True)
+    # Compiled into a temporary directory that is gone once the module is loaded: nothing is left
+    # behind and the generated code is never committed (the CRI protos are test-only).
+    with tempfile.TemporaryDirectory(prefix="hcsshim-cri-") as out:
         code = protoc.main(["protoc", f"-I{os.path.dirname(PROTO)}", f"--python_out={out}", PROTO])
         if code != 0:
             raise RuntimeError(f"protoc failed on {PROTO} ({code})")
-    spec = importlib.util.spec_from_file_location("cri_v1_pb2", module_path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+        spec = importlib.util.spec_from_file_location("cri_v1_pb2", os.path.join(out, "cri_v1_pb2.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 

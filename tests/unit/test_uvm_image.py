@@ -311,3 +311,17 @@ def test_human_sizes() -> None:
     assert image.human(100) == "100 B"
     assert image.human(2048) == "2.0 KiB"
     assert image.human(5 * 1024 * 1024) == "5.0 MiB"
+
+
+def test_init_loads_late_modules_async_by_default_and_tells_the_agent() -> None:
+    from hcsshim.guest import storage
+
+    script = image_init.INIT_SCRIPT
+    assert image_init.MODULES_DONE == storage.MODULES_DONE
+    assert "modules_mode=$(param hcsshim.modules) || modules_mode=async" in script
+    assert '[ "$modules_mode" != sync ]' in script
+    assert f"export {storage.MODULES_DONE_ENV}={storage.MODULES_DONE}" in script
+    # The mux port's modules load before the agent starts, whatever the mode.
+    early = script.index("load_modules /etc/hcsshim/modules.early")
+    assert early < script.index("python3 -S -m hcsshim.guest")
+    assert {"virtio_pci", "virtio_console"} <= set(image.EARLY_MODULES)

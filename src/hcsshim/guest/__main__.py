@@ -11,7 +11,7 @@ import sys
 
 from hcsshim.gcs import mux
 
-from . import log
+from . import log, storage
 from .reaper import REAPER
 from .runtime import Host
 from .server import BridgeServer
@@ -36,6 +36,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cgroup-parent", default="", help="cgroup prefix for container cgroups (default: the root)"
     )
     ap.add_argument("--sysfs-root", default="", help=argparse.SUPPRESS)  # tests: a fake /sys prefix
+    ap.add_argument(
+        "--modules-done",
+        default=os.environ.get(storage.MODULES_DONE_ENV, ""),
+        help="wait for this file (written by the UVM's /init when its kernel modules are loaded) before "
+        f"mounts, device operations and container creation (default: ${storage.MODULES_DONE_ENV}; "
+        "empty: do not wait)",
+    )
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ap.add_argument("--log-format", default="text", choices=["text", "json"])
     ap.add_argument(
@@ -76,10 +83,13 @@ async def amain(args: argparse.Namespace) -> int:
         LOG.warning("cannot become a child subreaper (no ctypes); exit codes of exec'd processes may be lost")
     REAPER.install(loop)
     os.makedirs(args.root, exist_ok=True)
+    modules = storage.ModuleGate(args.modules_done)
+    if args.transport.startswith("vsock:"):
+        await modules.wait("vsock transport")  # vmw_vsock_virtio_transport may be loading still
     transport = await open_transport(args.transport)
     session = mux.MuxSession(transport, mux.Role.GUEST).start()
     log_handler = await _forward_logs(session, args.log_port)
-    host = Host(args.root, args.runc, args.cgroup_parent, args.sysfs_root)
+    host = Host(args.root, args.runc, args.cgroup_parent, args.sysfs_root, modules)
     server = BridgeServer(host, session)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -88,9 +88,18 @@ class Container:
 
 
 class Host:
-    def __init__(self, root: str, runc_binary: str, cgroup_parent: str = "", sysfs_root: str = "") -> None:
+    def __init__(
+        self,
+        root: str,
+        runc_binary: str,
+        cgroup_parent: str = "",
+        sysfs_root: str = "",
+        modules: storage.ModuleGate | None = None,
+    ) -> None:
         self.root = root
         self.sysfs_root = sysfs_root
+        # /init may still be loading modules (hcsshim.modules=async): mounts and runc wait for them.
+        self.modules = modules or storage.ModuleGate()
         self.runc = Runc(runc_binary, os.path.join(root, "runc"))
         self.cgroup_parent = cgroup_parent
         self.containers: dict[str, Container] = {}
@@ -116,6 +125,8 @@ class Host:
         oci = settings.get("OciSpecification")
         if not isinstance(oci, dict):
             raise GcsError("container document has no OciSpecification", Hresult.E_INVALIDARG)
+        # The sandbox's tmpfs, overlay rootfs and runc's cgroups may need modules /init loads late.
+        await self.modules.wait(f"create container {cid}")
         async with self._lock:
             if cid in self.containers:
                 raise GcsError(f"container {cid} already exists", Hresult.VMCOMPUTE_SYSTEM_ALREADY_EXISTS)
@@ -446,6 +457,8 @@ class Host:
         handler = handlers.get((rtype, action))
         if handler is None:
             raise GcsError(f"unsupported modify request {rtype}/{action}", Hresult.E_NOTIMPL)
+        if action == "Add":
+            await self.modules.wait(f"{rtype} {action}")
         try:
             result = handler()
             if asyncio.iscoroutine(result):

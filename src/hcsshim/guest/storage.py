@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 from typing import Any
 
@@ -27,40 +28,130 @@ def _require(settings: dict[str, Any], key: str) -> Any:
     return value
 
 
+# Written by the UVM's /init once every kernel module is loaded (see hcsshim.uvm.image_init); the
+# init script exports its path as HCSSHIM_MODULES_DONE. Empty: nothing to wait for (agent on a host).
+MODULES_DONE = "/run/hcsshim/modules.done"
+MODULES_DONE_ENV = "HCSSHIM_MODULES_DONE"
+MODULES_TIMEOUT = 30.0
+
+
+class ModuleGate:
+    """Waits, once, for /init's background module loading to finish before a mount or device
+    operation that may need a module (9p, overlay, virtio_scsi/sd_mod, nd_pmem, ext4, vsock)."""
+
+    def __init__(self, marker: str = "", timeout: float = MODULES_TIMEOUT, poll: float = 0.02) -> None:
+        self.marker = marker
+        self.timeout = timeout
+        self.poll = poll
+        self._ready = not marker
+
+    async def wait(self, what: str = "") -> None:
+        if self._ready:
+            return
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + self.timeout
+        while not os.path.exists(self.marker):
+            if loop.time() > deadline:
+                raise GcsError(
+                    f"{what or 'operation'}: kernel modules not loaded after {self.timeout:g} s "
+                    f"({self.marker} missing; boot with hcsshim.modules=sync to load them before the agent)",
+                    Hresult.VMCOMPUTE_TIMEOUT,
+                )
+            await asyncio.sleep(self.poll)
+        self._ready = True
+        waited_ms = round((loop.time() - start) * 1000)
+        LOG.info("kernel modules loaded", extra={"what": what, "waited_ms": waited_ms})
+
+
+def _block_ready(dev_dir: str, dev: str, dev_root: str) -> str:
+    """Why the disk cannot be used yet, or "" when it can: a hot-added disk's node appears before
+    the disk has read its capacity, and opening it then fails with ENXIO."""
+    name = os.path.basename(dev)
+    try:
+        with open(os.path.join(dev_dir, "block", name, "size"), encoding="ascii") as f:
+            sectors = int(f.read().strip() or 0)
+    except (OSError, ValueError) as e:
+        return f"no size in sysfs ({e})"
+    if sectors <= 0:
+        return "size 0"
+    try:
+        fd = os.open(dev_root + dev, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        return f"open {dev}: {e.strerror or e}"
+    os.close(fd)
+    return ""
+
+
 async def wait_for_scsi(
-    controller: int, lun: int, timeout: float = 10.0, sysfs_root: str = ""
+    controller: int, lun: int, timeout: float = 10.0, sysfs_root: str = "", dev_root: str = ""
 ) -> tuple[str, str]:
-    deadline = asyncio.get_running_loop().time() + timeout
+    """(sysfs device dir, /dev/sdX) once the disk at controller/LUN exists, has a size and opens."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    why = ""
     while True:
         found = devices.find_scsi_device(controller, lun, sysfs_root)
         if found is not None:
             dev_dir, dev = found
             # udev is not running in the UVM; the node may lag behind sysfs briefly.
-            if os.path.exists(dev):
+            why = _block_ready(dev_dir, dev, dev_root) if os.path.exists(dev_root + dev) else f"no {dev}"
+            if not why:
                 return dev_dir, dev
-        if asyncio.get_running_loop().time() > deadline:
-            raise GcsError(f"SCSI disk controller={controller} lun={lun} not found", Hresult.ERROR_NOT_FOUND)
+        if loop.time() > deadline:
+            if found is None:
+                raise GcsError(
+                    f"SCSI disk controller={controller} lun={lun} not found", Hresult.ERROR_NOT_FOUND
+                )
+            raise GcsError(
+                f"SCSI disk controller={controller} lun={lun} ({found[1]}) "
+                f"not ready after {timeout:g} s: {why}",
+                Hresult.VMCOMPUTE_TIMEOUT,
+            )
         await asyncio.sleep(0.05)
 
 
-async def add_mapped_virtual_disk(settings: dict[str, Any], sysfs_root: str = "") -> None:
+MOUNT_RETRIES = 5
+
+
+async def mount_retrying(
+    source: str, target: str, fstype: str, flags: int, data: str, what: str, delay: float = 0.1
+) -> None:
+    """mount(2), retried a few times on ENXIO (a disk that answered open but is still settling)."""
+    for attempt in range(MOUNT_RETRIES):
+        try:
+            mount(source, target, fstype, flags, data)
+            return
+        except OSError as e:
+            if e.errno != errno.ENXIO or attempt == MOUNT_RETRIES - 1:
+                if e.errno == errno.ENXIO:
+                    raise OSError(e.errno, f"{what}: {e.strerror} after {MOUNT_RETRIES} attempts") from None
+                raise
+            LOG.info("mount got ENXIO, retrying", extra={"what": what, "attempt": attempt + 1})
+            await asyncio.sleep(delay * (attempt + 1))
+
+
+async def add_mapped_virtual_disk(
+    settings: dict[str, Any], sysfs_root: str = "", dev_root: str = "", timeout: float = 10.0
+) -> None:
     target = _require(settings, "MountPath")
     controller = int(settings.get("Controller") or 0)
     lun = int(settings.get("Lun") or 0)
-    _, dev = await wait_for_scsi(controller, lun, sysfs_root=sysfs_root)
+    _, dev = await wait_for_scsi(controller, lun, timeout=timeout, sysfs_root=sysfs_root, dev_root=dev_root)
     partition = int(settings.get("Partition") or 0)
     if partition:
         dev = f"{dev}{partition}"
+    what = f"SCSI disk controller={controller} lun={lun} ({dev})"
     read_only = bool(settings.get("ReadOnly"))
     if settings.get("BlockDev"):
         with open(target, "a"):
             pass
-        mount(dev, target, "", MS_BIND)
+        await mount_retrying(dev, target, "", MS_BIND, "", what)
         return
     _mkdir(target)
     fstype = settings.get("Filesystem") or "ext4"
     options = [o for o in settings.get("Options") or [] if o]
-    mount(dev, target, fstype, MS_RDONLY if read_only else 0, ",".join(options))
+    await mount_retrying(dev, target, fstype, MS_RDONLY if read_only else 0, ",".join(options), what)
     LOG.info("mounted scsi disk", extra={"device": dev, "target": target, "ro": read_only})
 
 
@@ -126,6 +217,12 @@ def add_combined_layers(settings: dict[str, Any]) -> None:
             raise GcsError(f"layer {layer} does not exist", Hresult.ERROR_NOT_FOUND)
     _mkdir(target)
     scratch = settings.get("ScratchPath") or ""
+    if not scratch and len(layers) == 1:
+        # overlayfs needs an upper dir or two lower dirs: one layer alone is a read-only bind.
+        mount(layers[0], target, "", MS_BIND)
+        mount("", target, "", MS_BIND | MS_REMOUNT | MS_RDONLY)
+        LOG.info("bound single read-only layer", extra={"target": target, "layer": layers[0]})
+        return
     if scratch:
         upper, work = os.path.join(scratch, "upper"), os.path.join(scratch, "work")
         _mkdir(upper)

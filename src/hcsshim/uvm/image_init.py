@@ -115,7 +115,9 @@ load_modules() {
     done <"$1"
 }
 load_modules /etc/hcsshim/modules.early
-modules_mode=$(param hcsshim.modules) || modules_mode=sync
+# The agent's own needs (the mux port, entropy) load above; the rest loads in the background while
+# Python starts unless hcsshim.modules=sync. The agent waits for modules.done before mounts and runc.
+modules_mode=$(param hcsshim.modules) || modules_mode=async
 
 if [ -e /etc/hcsshim/stage1 ]; then
     load_modules /etc/hcsshim/modules
@@ -140,9 +142,9 @@ mount -t tmpfs -o nodev,nosuid,mode=0755 tmpfs /run
 mount -t tmpfs -o nodev,nosuid tmpfs /tmp
 mount -t cgroup2 -o nodev,nosuid,noexec cgroup2 /sys/fs/cgroup
 mkdir -p /run/hcsshim
-if [ "$modules_mode" = async ]; then
-    # Overlaps module loading (about a second under TCG) with Python's start; the agent may wait
-    # for /run/hcsshim/modules.done before its first mount.
+if [ "$modules_mode" != sync ]; then
+    # Overlaps module loading (about a second under TCG) with Python's start; the agent waits for
+    # /run/hcsshim/modules.done (HCSSHIM_MODULES_DONE) before mounts, device operations and runc.
     (load_modules /etc/hcsshim/modules; : >/run/hcsshim/modules.done) &
 else
     load_modules /etc/hcsshim/modules
@@ -186,6 +188,7 @@ case "$transport" in
 esac
 
 export PYTHONPATH=/opt/hcsshim PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/root
+export HCSSHIM_MODULES_DONE=/run/hcsshim/modules.done
 # pivot_root(2) fails when / is the initramfs: runc needs --no-pivot then (runc's own advice).
 HCSSHIM_ROOT_IS_RAMFS=0
 while read -r _dev mnt fstype _rest; do
