@@ -17,6 +17,7 @@ import uuid
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from tests.support.containerd import Containerd, available, running_containerd
+from tests.support.procs import shim_server_pid
 from tests.support.shim_checks import RUNTIME, import_busybox, qemu_pids, wait_until
 from tests.support.uvm import boot_files
 
@@ -54,20 +55,6 @@ def rss_kib(pid: int) -> int:
     return int(m.group(1)) if m else 0
 
 
-def shim_server_pid(task_id: str) -> int | None:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"hcsshim.cli.shim_runhcs_v1" in argv and b"serve" in argv and task_id.encode() in argv:
-            return int(entry)
-    return None
-
-
 def resident(c: Containerd) -> tuple[int, int]:
     """(shim server RSS, QEMU RSS) in KiB while a task sleeps in its UVM."""
     cid = f"bench-rss-{uuid.uuid4().hex[:6]}"
@@ -76,7 +63,7 @@ def resident(c: Containerd) -> tuple[int, int]:
     )
     try:
         time.sleep(1.0)
-        pid = shim_server_pid(cid)
+        pid = shim_server_pid("hcsshim.cli.shim_runhcs_v1", cid)
         qemus = qemu_pids(cid)
         return (rss_kib(pid) if pid else 0), (rss_kib(qemus[0]) if qemus else 0)
     finally:

@@ -373,3 +373,42 @@ def test_scsi_disk_by_controller_and_lun_mount_unmount_and_eject(tmp_path: Path)
         run_scenario(tmp_path, scenario, extra_args=("--sysfs-root", str(sysfs)))
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def test_memory_limited_container_oom_kill_is_notified_before_its_exit(tmp_path: Path) -> None:
+    async def scenario(agent: GuestAgent, work: Path) -> None:
+        c = agent.client
+        assert c.oom_notifications  # the agent advertised them and the client asked for them
+        spec = oci_spec(["sh", "-c", "echo started; tail /dev/zero"])
+        spec["linux"].setdefault("resources", {})["memory"] = {"limit": 16 << 20}
+        await c.create_container("c-oom", container_document(_bundle(work, "c-oom"), spec))
+        proc = await c.execute_process("c-oom", STDIO_OUT)
+        assert proc.stdout is not None
+        assert await read_all(proc.stdout, timeout=60) == b"started\n"
+        assert await c.wait_process("c-oom", proc.pid) == 128 + signal.SIGKILL
+        oom = await agent.next_notification("c-oom")
+        assert oom["Type"] == "OomKilled", oom
+        assert p.parse_any_in_string(oom["ResultInfo"], "ResultInfo")["OomKills"] >= 1
+        assert (await agent.next_notification("c-oom"))["Type"] == "UnexpectedExit"
+        await c.delete_container_state("c-oom")
+
+    run_scenario(tmp_path, scenario)
+
+
+def test_oom_kill_of_one_process_is_notified_while_the_container_runs(tmp_path: Path) -> None:
+    async def scenario(agent: GuestAgent, work: Path) -> None:
+        c = agent.client
+        spec = oci_spec(["sh", "-c", "tail /dev/zero; echo survived; sleep 1000"])
+        spec["linux"].setdefault("resources", {})["memory"] = {"limit": 16 << 20}
+        await c.create_container("c-oom2", container_document(_bundle(work, "c-oom2"), spec))
+        proc = await c.execute_process("c-oom2", STDIO_OUT)
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.read(), 60) == b"survived\n"  # the shell lives on
+        oom = await agent.next_notification("c-oom2")  # reported by the live watcher, not at exit
+        assert oom["Type"] == "OomKilled", oom
+        await c.shutdown_forced("c-oom2")
+        assert await c.wait_process("c-oom2", proc.pid) == 128 + signal.SIGKILL
+        assert (await agent.next_notification("c-oom2"))["Type"] == "ForcedExit"
+        await c.delete_container_state("c-oom2")
+
+    run_scenario(tmp_path, scenario)

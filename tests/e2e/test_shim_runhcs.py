@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -221,3 +224,95 @@ def test_killed_shim_is_cleaned_up_by_delete(containerd: Containerd, image: str)
     finally:
         containerd.ctr("task", "delete", cid, check=False, timeout=60)
         containerd.ctr("container", "delete", cid, check=False)
+
+
+class _Events:
+    """``ctr events`` in the background; ``topics(cid)`` lists the topics seen for a container, in order."""
+
+    def __init__(self, c: Containerd) -> None:
+        self.proc = c.ctr_popen("events")
+        self.lines: list[str] = []
+        assert self.proc.stdout is not None
+        stream = self.proc.stdout
+        threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True).start()
+        time.sleep(1)  # `ctr events` subscribes asynchronously; the UVM boot gives it more time still
+
+    def topics(self, cid: str) -> list[str]:
+        pattern = re.compile(rf"(/tasks/\S+) .*\b{cid}\b")
+        return [m.group(1) for line in list(self.lines) if (m := pattern.search(line))]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_oom_killed_container_publishes_task_oom(containerd: Containerd, image: str) -> None:
+    """A container over its memory limit in the UVM: the guest sees the cgroup's OOM kill and the shim
+    publishes TaskOOM (after TaskStart, before the TaskExit it caused) that ``ctr events`` shows."""
+    cid = "shim-oom"
+    events = _Events(containerd)
+    try:
+        proc = containerd.ctr(
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--memory-limit",
+            str(16 << 20),
+            image,
+            cid,
+            "sh",
+            "-c",
+            "echo started; exec tail /dev/zero",  # tail buffers a line that never ends
+            check=False,
+            timeout=UVM_TIMEOUT,
+        )
+        assert proc.stdout.startswith("started"), proc.stdout + proc.stderr + containerd.log_tail()
+        assert proc.returncode == 137, proc.stdout + proc.stderr + containerd.log_tail()
+        assert wait_until(lambda: "/tasks/delete" in events.topics(cid), 30), events.lines
+        seen = events.topics(cid)
+        assert "/tasks/oom" in seen, events.lines
+        assert seen.index("/tasks/start") < seen.index("/tasks/oom") < seen.index("/tasks/exit"), seen
+    finally:
+        events.stop()
+    _assert_gone(containerd, cid)
+
+
+def test_oom_kill_inside_a_running_container_publishes_task_oom(containerd: Containerd, image: str) -> None:
+    """Only one process of the container is OOM-killed: TaskOOM comes while the task still runs (the
+    guest's cgroup v2 memory.events watcher, not the check at exit)."""
+    cid = "shim-oom-live"
+    events = _Events(containerd)
+    containerd.ctr(
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        str(16 << 20),
+        image,
+        cid,
+        "sh",
+        "-c",
+        "tail /dev/zero; sleep 600",
+        timeout=UVM_TIMEOUT,
+    )
+    try:
+        assert wait_until(lambda: "/tasks/oom" in events.topics(cid), 60), events.lines
+        assert _running(containerd, cid), containerd.ctr("task", "ls").stdout
+        assert "/tasks/exit" not in events.topics(cid)
+    finally:
+        events.stop()
+        containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
+        wait_until(lambda: _stopped(containerd, cid), 60)
+        containerd.ctr("task", "delete", cid, check=False, timeout=60)
+        containerd.ctr("container", "delete", cid, check=False)
+    _assert_gone(containerd, cid)
+
+
+def _running(c: Containerd, cid: str) -> bool:
+    return bool(re.search(rf"^{cid}\s+\d+\s+RUNNING", c.ctr("task", "ls", check=False).stdout, re.M))

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procs import argvs
+
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
 DEFAULT_NAMESPACE = "default"
@@ -255,17 +257,11 @@ def shim_pids(c: Containerd) -> list[int]:
     """Processes whose argv names this containerd's socket: the shims it started (and nothing else)."""
     needle = c.grpc_address.encode()
     found: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        if c.process is not None and int(entry) == c.process.pid:
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+    for pid, argv in argvs():
+        if pid == os.getpid() or (c.process is not None and pid == c.process.pid):
             continue
         if needle in argv and os.path.basename(argv[0]) != b"ctr":
-            found.append(int(entry))
+            found.append(pid)
     return found
 
 

@@ -1,15 +1,45 @@
 """A fake qemu-system-x86_64 for unit tests: speaks enough QMP over the -mon chardev for the
-qemu backend's lifecycle, and binds the mux socket like QEMU's server=on chardev."""
+qemu backend's lifecycle, and binds the mux socket like QEMU's server=on chardev. :func:`install`
+points the qemu backend at it."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import stat
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pytest
+
+
+def install(
+    tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    prelude: str = "",
+    boot_files: Sequence[str] = ("kernel", "initrd.img"),
+) -> Path:
+    """Make the qemu backend start this fake (through a shell wrapper ``tmp/qemu`` that runs ``prelude``
+    first) under TCG, with its state under ``tmp/st`` (returned), and write placeholder ``boot_files``
+    into ``tmp``."""
+    from hcsshim.hcs.qemu import system as qemu_system  # not at the top: the fake itself starts lean
+
+    wrapper = tmp / "qemu"
+    wrapper.write_text(f'#!/bin/sh\n{prelude}exec {sys.executable} {Path(__file__).resolve()} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(qemu_system, "QEMU_BINARY", str(wrapper))
+    state = tmp / "st"
+    monkeypatch.setattr(qemu_system, "STATE_ROOT", str(state))
+    monkeypatch.setenv("HCSSHIM_ACCEL", "tcg")
+    for name in boot_files:
+        (tmp / name).write_bytes(b"x")
+    return state
 
 
 def _opts(spec: str) -> dict[str, str]:

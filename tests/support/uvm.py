@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 
 from hcsshim.layers.vhd import append_footer_to_path
 from hcsshim.uvm.document import boot_files_path
+from hcsshim.uvm.image_cpio import CpioWriter
 from hcsshim.uvm.scsi import ScsiMount
 from hcsshim.uvm.utility_vm import UtilityVM
 
@@ -41,30 +43,20 @@ def kernel() -> str | None:
     return path if os.path.isfile(path) else os.environ.get("HCSSHIM_TEST_KERNEL")
 
 
-def _newc(name: str, mode: int, data: bytes = b"", ino: int = 1) -> bytes:
-    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
-    header = b"070701" + b"".join(f"{v:08x}".encode() for v in fields)
-    out = header + name.encode() + b"\0"
-    out += b"\0" * (-len(out) % 4) + data
-    return out + b"\0" * (-len(out) % 4)
-
-
 def build_busybox_initrd(path: str, init_script: str) -> str:
     """A gzip'd newc cpio with busybox-static as /bin/sh and `init_script` as /init."""
     with open(BUSYBOX, "rb") as f:
         busybox = f.read()
-    entries = [
-        _newc("bin", 0o040755, ino=1),
-        _newc("dev", 0o040755, ino=2),
-        _newc("proc", 0o040755, ino=3),
-        _newc("sys", 0o040755, ino=4),
-        _newc("bin/busybox", 0o100755, busybox, ino=5),
-        _newc("bin/sh", 0o120777, b"busybox", ino=6),
-        _newc("init", 0o100755, init_script.encode(), ino=7),
-        _newc("TRAILER!!!", 0, ino=0),
-    ]
+    archive = io.BytesIO()
+    w = CpioWriter(archive)
+    for directory in ("bin", "dev", "proc", "sys"):
+        w.add_dir(directory)
+    w.add_bytes("bin/busybox", busybox, 0o755)
+    w.add_symlink("bin/sh", "busybox")
+    w.add_bytes("init", init_script.encode(), 0o755)
+    w.finish()
     with gzip.open(path, "wb", compresslevel=1) as f:
-        f.write(b"".join(entries))
+        f.write(archive.getvalue())
     return path
 
 

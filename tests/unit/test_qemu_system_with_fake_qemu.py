@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import stat
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +14,14 @@ from hcsshim import hcs
 from hcsshim.hcs.qemu import system as qemu_system
 from hcsshim.hcs.qemu.config import SCSI_CONTROLLER_GUIDS
 from hcsshim.uvm.document import minimal_lcow_document
+from tests.support import fake_qemu
 
-FAKE = Path(__file__).resolve().parent.parent / "support" / "fake_qemu.py"
 SCSI = f"VirtualMachine/Devices/Scsi/{SCSI_CONTROLLER_GUIDS[0]}/Attachments"
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    wrapper = tmp_path / "qemu"
-    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setattr(qemu_system, "QEMU_BINARY", str(wrapper))
-    state = tmp_path / "st"
-    monkeypatch.setattr(qemu_system, "STATE_ROOT", str(state))
-    monkeypatch.setenv("HCSSHIM_ACCEL", "tcg")
-    for name in ("kernel", "initrd.img", "disk.vhd"):
-        (tmp_path / name).write_bytes(b"x")
+    state = fake_qemu.install(tmp_path, monkeypatch, boot_files=("kernel", "initrd.img", "disk.vhd"))
     return {"doc": minimal_lcow_document("fake", str(tmp_path)), "state": state, "tmp": tmp_path}
 
 

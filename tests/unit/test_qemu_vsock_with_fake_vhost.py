@@ -8,9 +8,7 @@ import asyncio
 import errno
 import os
 import socket
-import stat
 import struct
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +20,7 @@ from hcsshim.hcs.qemu import vsock
 from hcsshim.hcs.qemu.cmdline import Paths, build_argv
 from hcsshim.hcs.qemu.config import VmConfig
 from hcsshim.uvm.document import minimal_lcow_document
-
-FAKE_QEMU = Path(__file__).resolve().parent.parent / "support" / "fake_qemu.py"
+from tests.support import fake_qemu
 
 
 def _ok() -> tuple[bool, str]:
@@ -260,17 +257,8 @@ def test_deferred_transport_closed_before_guest_connects_with_fake_vsock() -> No
 def test_qemu_system_reports_vsock_with_fake_qemu_and_fake_vhost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wrapper = tmp_path / "qemu"
-    wrapper.write_text(
-        f'#!/bin/sh\nprintf "%s\\n" "$@" >{tmp_path}/argv\nls /proc/$$/fd >{tmp_path}/fds\n'
-        f'exec {sys.executable} {FAKE_QEMU} "$@"\n'
-    )
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setattr(qemu_system, "QEMU_BINARY", str(wrapper))
-    monkeypatch.setattr(qemu_system, "STATE_ROOT", str(tmp_path / "st"))
-    monkeypatch.setenv("HCSSHIM_ACCEL", "tcg")
-    for name in ("kernel", "initrd.img"):
-        (tmp_path / name).write_bytes(b"x")
+    prelude = f'printf "%s\\n" "$@" >{tmp_path}/argv\nls /proc/$$/fd >{tmp_path}/fds\n'
+    fake_qemu.install(tmp_path, monkeypatch, prelude=prelude)
     fake = TcpVsockHost(cid=321)
     monkeypatch.setattr(vsock, "setup", lambda system_id: (vsock.Decision("vsock", "fake vhost-vsock"), fake))
 
@@ -295,15 +283,8 @@ def test_qemu_system_reports_vsock_with_fake_qemu_and_fake_vhost(
 def test_qemu_system_reports_virtio_serial_with_fake_qemu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wrapper = tmp_path / "qemu"
-    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_QEMU} "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setattr(qemu_system, "QEMU_BINARY", str(wrapper))
-    monkeypatch.setattr(qemu_system, "STATE_ROOT", str(tmp_path / "st"))
-    monkeypatch.setenv("HCSSHIM_ACCEL", "tcg")
+    fake_qemu.install(tmp_path, monkeypatch)
     monkeypatch.setenv("HCSSHIM_HVSOCKET", "virtio-serial")
-    for name in ("kernel", "initrd.img"):
-        (tmp_path / name).write_bytes(b"x")
 
     async def run() -> None:
         cs = await hcs.create_compute_system("vs2", minimal_lcow_document("vs2", str(tmp_path)))

@@ -21,6 +21,7 @@ from hcsshim.api.containerd.task.v2 import shim_pb2 as v2
 from hcsshim.api.containerd.types.task import task_pb2 as task_types
 from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.api.ttrpc import request_pb2
+from hcsshim.gcs import protocol as p
 from hcsshim.shim.service_task import TaskService
 from hcsshim.ttrpc import Code, Server, TtrpcError
 
@@ -79,6 +80,15 @@ class FakeBridge:
         self.deleted: list[str] = []
         self._pids = itertools.count(100)
         self.failed = ""
+        self.notify: Callable[[dict[str, Any]], None] | None = None
+
+    def set_notify(self, callback: Callable[[dict[str, Any]], None] | None) -> None:
+        self.notify = callback
+
+    def send_oom(self, container_id: str) -> None:
+        """What the real BridgeClient hands its callback for a NOTIFY_OOM message."""
+        assert self.notify is not None
+        self.notify(p.oom_notification(container_id))
 
     def _check(self) -> None:
         if self.failed:
@@ -471,5 +481,35 @@ def test_errors_and_misc_rpcs_with_fake_uvm(tmp_path: Path) -> None:
         with contextlib.suppress(Exception):
             for reader in h._readers:
                 reader.cancel()
+
+    run(body())
+
+
+def test_oom_notification_publishes_task_oom_after_start_with_fake_uvm(tmp_path: Path) -> None:
+    async def body() -> None:
+        h = Harness(tmp_path, echo_script(b"", None))
+        await h.create("c1", h.bundle("c1"))
+        bridge = h.hosts[0].bridge
+        assert bridge.notify is not None  # the pod listens to the guest's notifications
+        bridge.send_oom("c1")  # reported before TaskStart went out: held back until then
+        bridge.notify(p.container_notification("c1", "UnexpectedExit"))  # exits come from Wait
+        bridge.send_oom("unknown")  # not one of this pod's tasks: ignored
+        assert h.events.topics() == ["/tasks/create"]
+        pid = (await h.call("Start", v2.StartRequest(id="c1"), v2.StartResponse)).pid
+        assert h.events.topics() == ["/tasks/create", "/tasks/start", "/tasks/oom"]
+        bridge.send_oom("c1")  # while it runs: published at once, before the exit that follows
+        bridge.processes[pid].finish(137)
+        await h.call("Wait", v2.WaitRequest(id="c1"), v2.WaitResponse)
+        await h.call("Delete", v2.DeleteRequest(id="c1"), v2.DeleteResponse)
+        assert h.events.topics() == [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/oom",
+            "/tasks/oom",
+            "/tasks/exit",
+            "/tasks/delete",
+        ]
+        oom = h.events.items[3][1]
+        assert isinstance(oom, events.TaskOOM) and oom.container_id == "c1"
 
     run(body())

@@ -147,3 +147,30 @@ def test_bridge_before_start_is_an_error_with_fake_system() -> None:
     vm._bridge = None
     with pytest.raises(UvmError, match="start"):
         _ = vm.bridge
+
+
+def test_cancelled_terminate_propagates_and_spares_exit_handling_with_fake_system() -> None:
+    class SlowFailBridge(FakeBridge):
+        def __init__(self, calls: list[tuple[str, Any]]) -> None:
+            super().__init__(calls)
+            self.release = asyncio.Event()
+
+        async def fail(self, reason: str) -> None:
+            await self.release.wait()
+
+    async def run() -> None:
+        vm, _, _, calls = make_uvm()
+        bridge = SlowFailBridge(calls)
+        vm._bridge = bridge
+        vm._exit_task = asyncio.create_task(vm._on_exit())
+        terminate = asyncio.create_task(vm.terminate())
+        await asyncio.sleep(0.05)  # terminate now waits for the exit handling, which waits on the bridge
+        terminate.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await terminate
+        assert not vm._exit_task.done()  # the VM's own exit handling goes on
+        bridge.release.set()
+        await asyncio.wait_for(vm.wait(), 5)
+        assert not vm._exit_task.cancelled()
+
+    asyncio.run(run())

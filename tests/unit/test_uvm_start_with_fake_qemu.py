@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import stat
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +14,12 @@ from hcsshim.hcs.qemu import system as qemu_system
 from hcsshim.uvm.document import minimal_lcow_document
 from hcsshim.uvm.errors import UvmError
 from hcsshim.uvm.utility_vm import UtilityVM
-
-FAKE = Path(__file__).resolve().parent.parent / "support" / "fake_qemu.py"
+from tests.support import fake_qemu
 
 
 @pytest.fixture
 def doc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    wrapper = tmp_path / "qemu"
-    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setattr(qemu_system, "QEMU_BINARY", str(wrapper))
-    monkeypatch.setattr(qemu_system, "STATE_ROOT", str(tmp_path / "st"))
-    monkeypatch.setenv("HCSSHIM_ACCEL", "tcg")
-    for name in ("kernel", "initrd.img"):
-        (tmp_path / name).write_bytes(b"x")
+    fake_qemu.install(tmp_path, monkeypatch)
     return minimal_lcow_document("fake", str(tmp_path))
 
 

@@ -7,17 +7,20 @@ import binascii
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from hcsshim import annotations as an
 from hcsshim.annotations import AnnotationError
 from hcsshim.builder.options import (
+    BUILD_V25H1_SERVER,
     ENTROPY_VSOCK_PORT,
     GCS_VSOCK_PORT,
     LOG_VSOCK_PORT,
     SCSI_CONTROLLER_GUIDS,
     BuilderError,
+    HostInfo,
     join_host_path,
 )
 from hcsshim.schema import (
@@ -34,6 +37,8 @@ from hcsshim.schema import (
     Scsi,
     SecuritySettings,
     Uefi,
+    VirtualPciDevice,
+    VirtualPciFunction,
 )
 
 DEFAULT_BIND_SD = "D:P(A;;FA;;;SY)(A;;FA;;;BA)"
@@ -41,6 +46,8 @@ SNP_BIND_SD = "D:P(A;;FA;;;WD)"
 SNP_CONNECT_SD = "D:P(A;;FA;;;SY)(A;;FA;;;BA)"
 SECURE_BOOT_TEMPLATE_ID = "1734c6e8-3154-4dda-ba5f-a874cc483422"
 NUMA_WILDCARD_NODE = 0xFF
+# OCI windows.devices idTypes that name a device to assign to the VM over vPCI.
+VPCI_DEVICE_ID_TYPES = ("vpci-instance-id", "vpci", "gpu")
 
 
 def vsock_service_id(port: int) -> str:
@@ -134,13 +141,51 @@ def prepare_vnuma(n: NumaInput) -> tuple[Numa | None, NumaProcessors | None]:
     return numa, None
 
 
-def validate_numa(numa: Numa, processors: int, memory_mb: int) -> None:
+def validate_numa(
+    numa: Numa, host: HostInfo, allow_overcommit: bool, processors: int, memory_mb: int
+) -> None:
+    """A vNUMA topology needs a recent host and physical memory, and must add up to the VM's size."""
+    if host.build < BUILD_V25H1_SERVER:
+        raise BuilderError("vNUMA needs Windows build 26100 or later")
+    if allow_overcommit:
+        raise BuilderError("vNUMA supports only Physical memory backing type")
     if not numa.settings:
         return
     if sum(s.count_of_processors for s in numa.settings) != processors:
         raise BuilderError("vNUMA: processor counts do not add up to the VM's processor count")
     if sum(s.count_of_memory_blocks for s in numa.settings) != memory_mb:
         raise BuilderError("vNUMA: memory block counts do not add up to the VM's memory size")
+
+
+def parse_vpci_id(device_id: str) -> tuple[str, int]:
+    """vpci.GetDeviceInfoFromPath: an optional trailing ``/<n>`` is the virtual function index."""
+    head, sep, tail = device_id.rpartition("/")
+    if sep and tail.isdigit():
+        return head, int(tail)
+    return device_id, 0
+
+
+def vpci_device_ids(devices: Iterable[Mapping[str, Any]]) -> list[tuple[str, int]]:
+    """``(instance path, virtual function)`` of each assignable device of an OCI ``windows.devices`` list."""
+    return [
+        parse_vpci_id(str(dev.get("id", "")))
+        for dev in devices
+        if str(dev.get("idType", "")) in VPCI_DEVICE_ID_TYPES
+    ]
+
+
+def vpci_devices(ids: Iterable[tuple[str, int]], host: HostInfo, numa: bool) -> dict[str, VirtualPciDevice]:
+    """Assigned devices keyed by a VMBus GUID derived from the device (upstream draws a random one)."""
+    out: dict[str, VirtualPciDevice] = {}
+    for instance, index in ids:
+        key = str(uuid.uuid5(uuid.NAMESPACE_URL, f"vpci:{instance}/{index}"))
+        if key in out:
+            raise BuilderError(f"device {instance} with index {index} is specified multiple times")
+        out[key] = VirtualPciDevice(
+            functions=[VirtualPciFunction(device_instance_path=instance, virtual_function=index)],
+            propagate_numa_affinity=True if host.build >= BUILD_V25H1_SERVER and numa else None,
+        )
+    return out
 
 
 def scsi_controllers(count: int) -> dict[str, Scsi]:

@@ -7,7 +7,6 @@ uvm.MakeLCOWDoc. The intermediate :class:`UvmOptionsLCOW` is public so the shim 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,14 +21,14 @@ from hcsshim.builder.lcow_common import (
     prepare_vnuma,
     scsi_controllers,
     validate_numa,
+    vpci_device_ids,
+    vpci_devices,
 )
-from hcsshim.builder.lcow_v2 import parse_vpci_id
 from hcsshim.builder.options import (
     BUILD_19H1,
     BUILD_KERNEL_DIRECT,
     BUILD_RS5,
     BUILD_V21H1,
-    BUILD_V25H1_SERVER,
     DEFAULT_MEMORY_SIZE_IN_MB,
     DEFAULT_VPMEM_COUNT,
     DEFAULT_VPMEM_SIZE_BYTES,
@@ -72,8 +71,6 @@ from hcsshim.schema import (
     VirtualMachine,
     VirtualMachineMemory,
     VirtualMachineProcessor,
-    VirtualPciDevice,
-    VirtualPciFunction,
     VirtualPMemController,
     VirtualPMemDevice,
 )
@@ -308,11 +305,7 @@ def make_lcow_doc(o: UvmOptionsLCOW, boot: BootFiles, host: HostInfo, bundle_pat
         numa, numa_processors = prepare_vnuma(o.numa)
     memory_mb = normalize_memory_size(o.memory_size_in_mb)
     if numa is not None:
-        if host.build < BUILD_V25H1_SERVER:
-            raise BuilderError("vNUMA needs Windows build 26100 or later")
-        if o.allow_overcommit:
-            raise BuilderError("vNUMA supports only Physical memory backing type")
-        validate_numa(numa, processor.count, memory_mb)
+        validate_numa(numa, host, o.allow_overcommit, processor.count, memory_mb)
     processor.numa_processors_settings = numa_processors
     memory = VirtualMachineMemory(
         size_in_mb=memory_mb,
@@ -342,7 +335,8 @@ def make_lcow_doc(o: UvmOptionsLCOW, boot: BootFiles, host: HostInfo, bundle_pat
         resource_partition_id=o.resource_partition_id or "",
     )
     if o.assigned_devices and not confidential:
-        devices.virtual_pci = _vpci(o.assigned_devices, host, numa is not None or numa_processors is not None)
+        vnuma = numa is not None or numa_processors is not None
+        devices.virtual_pci = vpci_devices(o.assigned_devices, host, vnuma)
     if o.storage_qos_bandwidth_maximum > 0 or o.storage_qos_iops_maximum > 0:
         vm.storage_qos = StorageQoS(
             iops_maximum=o.storage_qos_iops_maximum, bandwidth_maximum=o.storage_qos_bandwidth_maximum
@@ -497,21 +491,4 @@ def _pos(value: int | None) -> int:
 
 
 def _devices(spec: Spec) -> list[tuple[str, int]]:
-    out = []
-    for dev in (spec.windows or {}).get("devices") or []:
-        if isinstance(dev, dict) and dev.get("idType") in ("vpci-instance-id", "vpci", "gpu"):
-            out.append(parse_vpci_id(str(dev.get("id", ""))))
-    return out
-
-
-def _vpci(devices: list[tuple[str, int]], host: HostInfo, numa: bool) -> dict[str, VirtualPciDevice]:
-    out: dict[str, VirtualPciDevice] = {}
-    for instance, index in devices:
-        key = str(uuid.uuid5(uuid.NAMESPACE_URL, f"vpci:{instance}/{index}"))
-        if key in out:
-            raise BuilderError(f"device {instance} with index {index} is specified multiple times")
-        out[key] = VirtualPciDevice(
-            functions=[VirtualPciFunction(device_instance_path=instance, virtual_function=index)],
-            propagate_numa_affinity=True if host.build >= BUILD_V25H1_SERVER and numa else None,
-        )
-    return out
+    return vpci_device_ids(d for d in (spec.windows or {}).get("devices") or [] if isinstance(d, dict))

@@ -6,7 +6,6 @@ differences from V1 that upstream has too are listed in tests/unit/test_parity_l
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,12 +20,13 @@ from hcsshim.builder.lcow_common import (
     prepare_vnuma,
     scsi_controllers,
     validate_numa,
+    vpci_device_ids,
+    vpci_devices,
 )
 from hcsshim.builder.options import (
     BUILD_COLD_DISCARD_HINT,
     BUILD_KERNEL_DIRECT,
     BUILD_V21H1,
-    BUILD_V25H1_SERVER,
     DEFAULT_MEMORY_SIZE_IN_MB,
     INITRD_FILE,
     KERNEL_FILE,
@@ -60,12 +60,9 @@ from hcsshim.schema import (
     VirtualMachine,
     VirtualMachineMemory,
     VirtualMachineProcessor,
-    VirtualPciDevice,
-    VirtualPciFunction,
 )
 
 SUPPORTED_PLATFORMS = ("linux/amd64", "linux/arm64")
-VPCI_DEVICE_ID_TYPES = ("vpci-instance-id", "vpci", "gpu")
 
 
 def process_annotations(options: RuntimeOptions, annotations: Mapping[str, str]) -> dict[str, str]:
@@ -150,11 +147,7 @@ def build_lcow_uvm_v2(
     if not snp:
         numa, numa_processors = prepare_vnuma(NumaInput.from_annotations(a))
         if numa is not None:
-            if host.build < BUILD_V25H1_SERVER:
-                raise BuilderError("vNUMA needs Windows build 26100 or later")
-            if memory.allow_overcommit:
-                raise BuilderError("vNUMA supports only Physical memory backing type")
-            validate_numa(numa, processor.count, memory.size_in_mb)
+            validate_numa(numa, host, memory.allow_overcommit, processor.count, memory.size_in_mb)
         topology.numa = numa
         processor.numa_processors_settings = numa_processors
         if numa is not None or numa_processors is not None:
@@ -193,7 +186,8 @@ def build_lcow_uvm_v2(
     if vpmem > 0:
         raise AnnotationError(an.VPMEM_COUNT, a[an.VPMEM_COUNT], "v2 shims do not support vPMem devices")
     if not snp and devices:
-        devices_doc.virtual_pci = _vpci(devices, host, topology)
+        vnuma = topology.numa is not None or processor.numa_processors_settings is not None
+        devices_doc.virtual_pci = vpci_devices(vpci_device_ids(devices), host, vnuma)
 
     service_table = hv_socket_service_table(a)
     devices_doc.hv_socket = HvSocket2(
@@ -343,35 +337,3 @@ def _boot(a: Mapping[str, str], boot: BootFiles, host: HostInfo, arch: str) -> t
         raise BuilderError(f"kernel {boot.path(KERNEL_FILE)!r} not found")
     entry = UefiBootEntry(device_path="\\" + KERNEL_FILE, device_type="VmbFs", vmb_fs_root_path=boot.root)
     return Chipset(uefi=Uefi(boot_this=entry)), rootfs, False
-
-
-def _vpci(
-    devices: Sequence[Mapping[str, Any]], host: HostInfo, topology: Topology
-) -> dict[str, VirtualPciDevice]:
-    """Assigned devices keyed by a VMBus GUID derived from the device (upstream draws a random one)."""
-    out: dict[str, VirtualPciDevice] = {}
-    seen: set[tuple[str, int]] = set()
-    numa = topology.numa is not None or (
-        topology.processor is not None and topology.processor.numa_processors_settings is not None
-    )
-    for dev in devices:
-        if str(dev.get("idType", "")) not in VPCI_DEVICE_ID_TYPES:
-            continue
-        instance, index = parse_vpci_id(str(dev.get("id", "")))
-        if (instance, index) in seen:
-            raise BuilderError(f"device {instance} with index {index} is specified multiple times")
-        seen.add((instance, index))
-        key = str(uuid.uuid5(uuid.NAMESPACE_URL, f"vpci:{instance}/{index}"))
-        out[key] = VirtualPciDevice(
-            functions=[VirtualPciFunction(device_instance_path=instance, virtual_function=index)],
-            propagate_numa_affinity=True if host.build >= BUILD_V25H1_SERVER and numa else None,
-        )
-    return out
-
-
-def parse_vpci_id(device_id: str) -> tuple[str, int]:
-    """vpci.GetDeviceInfoFromPath: an optional trailing ``/<n>`` is the virtual function index."""
-    head, sep, tail = device_id.rpartition("/")
-    if sep and tail.isdigit():
-        return head, int(tail)
-    return device_id, 0

@@ -1,6 +1,7 @@
 """Host side of the bridge: RPCs to the guest agent over a mux channel.
 
-Responses are matched to requests by id; container notifications go to a callback; every call
+Responses are matched to requests by id; container notifications (exits, and OOM kills: a body whose
+``Type`` is ``OomKilled``, see ``protocol.NOTIFY_OOM``) go to a callback; every call
 has a timeout that names the operation; when the guest goes away (or ``fail`` is called because
 the VM died) pending and future calls raise BridgeClosedError.
 """
@@ -145,7 +146,7 @@ class BridgeClient:
                 return
             if not entry[1].done():
                 entry[1].set_result(body)
-        elif msg.type == p.NOTIFY_CONTAINER:
+        elif msg.type in (p.NOTIFY_CONTAINER, p.NOTIFY_OOM):
             try:
                 body = msg.json()
             except GcsError:
@@ -229,6 +230,8 @@ class BridgeClient:
             **p.request_base(),
             "MinimumVersion": p.PROTOCOL_VERSION,
             "MaximumVersion": p.PROTOCOL_VERSION,
+            # Our extension; an upstream guest ignores the field and never sends NOTIFY_OOM.
+            p.OOM_NOTIFICATIONS_REQUEST_KEY: True,
         }
         resp = await self.call(Rpc.NEGOTIATE_PROTOCOL, body, timeout=timeout)
         version = int(resp.get("Version") or 0)
@@ -236,6 +239,14 @@ class BridgeClient:
             raise GcsError(f"guest negotiated unexpected protocol version {version}")
         self.negotiated = Negotiated(version, dict(resp.get("Capabilities") or {}))
         return self.negotiated
+
+    @property
+    def oom_notifications(self) -> bool:
+        """Whether the guest reports OOM kills (it said so when the protocol was negotiated)."""
+        if self.negotiated is None:
+            return False
+        guest_caps = self.negotiated.capabilities.get("GuestDefinedCapabilities") or {}
+        return bool(guest_caps.get(p.OOM_NOTIFICATIONS_CAPABILITY))
 
     async def create_container(
         self, container_id: str, document: dict[str, Any], *, timeout: float | None = None

@@ -87,6 +87,17 @@ RPC_NAMES: dict[int, str] = {
 # Notification "rpc" part: upstream NotifyContainer = 1<<8 | 1 within ComputeSystem.
 NOTIFY_CONTAINER = MsgType.NOTIFY | COMPUTE_SYSTEM | (1 << 8) | 1
 
+# Extension (not upstream): "a container was OOM-killed". Upstream's GCS never reports per-container
+# OOM kills, and upstream's host treats *every* NotifyContainer as "container terminated" and any other
+# notification type as a fatal bridge error. So the OOM notification gets its own message type, far
+# from upstream's ids, with the ContainerNotification body (Type = NotificationType.OOM_KILLED), and the
+# guest sends it only to a host that asked for it in NegotiateProtocol (OOM_NOTIFICATIONS_REQUEST_KEY:
+# true; Go's JSON decoding in an upstream guest ignores the unknown field). A guest that supports it
+# says so in GuestDefinedCapabilities[OOM_NOTIFICATIONS_CAPABILITY].
+NOTIFY_OOM = MsgType.NOTIFY | COMPUTE_SYSTEM | (0x100 << 8) | 1
+OOM_NOTIFICATIONS_REQUEST_KEY = "HcsshimOomNotifications"
+OOM_NOTIFICATIONS_CAPABILITY = "HcsshimOomNotificationsSupported"
+
 
 def request_type(rpc: int) -> int:
     return MsgType.REQUEST | rpc
@@ -104,6 +115,8 @@ def type_name(msg_type: int) -> str:
     kind = msg_type & TYPE_MASK
     if msg_type == NOTIFY_CONTAINER:
         return "Notify(Container)"
+    if msg_type == NOTIFY_OOM:
+        return "Notify(OomKilled)"
     labels: dict[int, str] = {
         MsgType.REQUEST: "Request",
         MsgType.RESPONSE: "Response",
@@ -284,6 +297,7 @@ def capabilities() -> dict[str, Any]:
             "SignalProcessSupported": True,
             "DumpStacksSupported": True,
             "DeleteContainerStateSupported": True,
+            OOM_NOTIFICATIONS_CAPABILITY: True,
         },
     }
 
@@ -298,6 +312,8 @@ class NotificationType(enum.StrEnum):
     STARTED = "Started"
     PAUSED = "Paused"
     UNKNOWN = "Unknown"
+    # Extension, only ever sent as NOTIFY_OOM (see there); the container keeps running or exits as usual.
+    OOM_KILLED = "OomKilled"
 
 
 class ResourceType(enum.StrEnum):
@@ -325,4 +341,11 @@ def container_notification(
 ) -> dict[str, Any]:
     body = request_base(container_id, activity_id)
     body.update({"Type": kind, "Operation": "None", "Result": result})
+    return body
+
+
+def oom_notification(container_id: str, kills: int = 1) -> dict[str, Any]:
+    """Body of a NOTIFY_OOM message: a ContainerNotification whose ResultInfo is the number of new kills."""
+    body = container_notification(container_id, NotificationType.OOM_KILLED)
+    body["ResultInfo"] = any_in_string({"OomKills": kills})
     return body

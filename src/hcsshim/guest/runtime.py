@@ -20,7 +20,7 @@ from hcsshim.gcs import protocol as p
 from hcsshim.gcs.mux import MuxSession
 from hcsshim.gcs.protocol import GcsError, Hresult, NotificationType
 
-from . import log, spec, stats, storage
+from . import log, oom, spec, stats, storage
 from .reaper import REAPER, spawn
 from .runc import Runc, Stdio
 from .stdio import Relay, dial_ports
@@ -30,6 +30,7 @@ LOG = log.get("runtime")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 Notify = Callable[[str, str], None]
+NotifyOom = Callable[[str, int], None]
 
 
 @dataclass
@@ -41,7 +42,11 @@ class Process:
     is_init: bool = False
     _watcher: asyncio.Future[None] | None = None
 
-    def watch(self, on_exit: Callable[[Process, int], None] | None = None) -> None:
+    def watch(
+        self,
+        on_exit: Callable[[Process, int], None] | None = None,
+        before_exit: Callable[[Process], None] | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         self.exited = loop.create_future()
         raw = REAPER.wait(self.pid)
@@ -51,6 +56,8 @@ class Process:
             # The host must see all output before it learns the exit code, as upstream guarantees.
             await self.relay.wait_outputs()
             self.relay.close()
+            if before_exit is not None:
+                before_exit(self)
             assert self.exited is not None
             if not self.exited.done():
                 self.exited.set_result(code)
@@ -95,6 +102,7 @@ class Host:
         cgroup_parent: str = "",
         sysfs_root: str = "",
         modules: storage.ModuleGate | None = None,
+        cgroup_root: str = stats.CGROUP_ROOT,
     ) -> None:
         self.root = root
         self.sysfs_root = sysfs_root
@@ -106,6 +114,8 @@ class Host:
         self.external: dict[int, Process] = {}
         self.session: MuxSession | None = None
         self.notify: Notify = lambda cid, kind: None
+        self.notify_oom: NotifyOom = lambda cid, kills: None
+        self.oom = oom.OomWatcher(lambda cid, kills: self.notify_oom(cid, kills), cgroup_root)
         self._lock = asyncio.Lock()
 
     # ---- containers -------------------------------------------------------------------------
@@ -185,9 +195,16 @@ class Host:
             init.container = c
             c.processes[pid] = init
             self.containers[cid] = c
-            init.watch(self._init_exited)
+            init.watch(self._init_exited, self._init_exiting)
             LOG.info("container created", extra={"cid": cid, "kind": kind, "pid": pid, "bundle": bundle})
             return c
+
+    def _init_exiting(self, proc: Process) -> None:
+        # Runs before the exit is visible to the host (wait response, exit notification): a kill that
+        # ended the container is reported ahead of the exit. The cgroup still exists until runc delete.
+        assert proc.container is not None
+        self.oom.check(proc.container.id)
+        self.oom.unwatch(proc.container.id)
 
     def _init_exited(self, proc: Process, code: int) -> None:
         c = proc.container
@@ -214,7 +231,13 @@ class Host:
             c.init.relay.start_pipes(chans, (c.stdio.stdin, c.stdio.stdout, c.stdio.stderr))
             c.stdio.stdin = c.stdio.stdout = c.stdio.stderr = None
         c.started = True
-        await self.runc.start(c.id)
+        # The baseline is read before the workload runs, so an early kill is not mistaken for history.
+        self.oom.watch(c.id, c.cgroups_path)
+        try:
+            await self.runc.start(c.id)
+        except BaseException:
+            self.oom.unwatch(c.id)
+            raise
         return c.init.pid
 
     async def exec_in_container(
@@ -376,6 +399,7 @@ class Host:
             for mp in mounts_under(c.shm_dir):
                 with contextlib.suppress(OSError):
                     umount(mp, MNT_DETACH)
+        self.oom.unwatch(cid)
         stats.remove_cgroup_dirs(c.cgroups_path, self.cgroup_parent)
         if c.scratch:
             shutil.rmtree(c.scratch, ignore_errors=True)
@@ -489,6 +513,7 @@ class Host:
             if proc.exited is not None and not proc.exited.done():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
+        self.oom.close()
 
 
 def _task_stack(task: asyncio.Task[Any]) -> list[str]:

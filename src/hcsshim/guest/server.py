@@ -29,6 +29,9 @@ class BridgeServer:
         self.session = session
         host.session = session
         host.notify = self._notify
+        host.notify_oom = self._notify_oom
+        # Set by a host that asked for OOM notifications when it negotiated (protocol.NOTIFY_OOM).
+        self.oom_notifications = False
         self._channel: Channel | None = None
         self._write_lock = asyncio.Lock()
         self._pending: list[bytes] = []
@@ -148,7 +151,14 @@ class BridgeServer:
                 await ch.write(frame)
 
     def _notify(self, cid: str, kind: str) -> None:
-        frame = p.encode(p.NOTIFY_CONTAINER, 0, p.container_notification(cid, kind))
+        self._send_notification(p.encode(p.NOTIFY_CONTAINER, 0, p.container_notification(cid, kind)))
+
+    def _notify_oom(self, cid: str, kills: int) -> None:
+        if not self.oom_notifications:
+            return  # an upstream host would take any unknown notification as a fatal bridge error
+        self._send_notification(p.encode(p.NOTIFY_OOM, 0, p.oom_notification(cid, kills)))
+
+    def _send_notification(self, frame: bytes) -> None:
         if self._channel is None:
             self._pending.append(frame)
             return
@@ -165,6 +175,7 @@ class BridgeServer:
                 f"unsupported protocol versions {lo}..{hi}", Hresult.VMCOMPUTE_UNSUPPORTED_PROTOCOL_VERSION
             )
         self._negotiated = True
+        self.oom_notifications = bool(body.get(p.OOM_NOTIFICATIONS_REQUEST_KEY))
         return {"Version": p.PROTOCOL_VERSION, "Capabilities": p.capabilities()}
 
     async def _create(self, body: dict[str, Any]) -> dict[str, Any]:

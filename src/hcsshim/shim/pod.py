@@ -4,6 +4,9 @@ The first task a shim creates decides the pod: a CRI sandbox task creates the po
 task without CRI annotations gets a UVM of its own; later tasks must be CRI containers of that sandbox.
 The UVM goes away with the task that owns it. If it dies first, every live process of the pod ends
 (status 255) with the VM's exit reason, and containerd hears a TaskExit for each.
+
+The pod listens to the guest's bridge notifications and hands OOM kills (``OomKilled``) of its tasks'
+containers to ``on_oom`` (the task service publishes TaskOOM).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
+from hcsshim.gcs.protocol import NotificationType
 from hcsshim.shim.host import Host
 from hcsshim.shim.process import State
 from hcsshim.shim.spec import Role
@@ -26,7 +31,14 @@ class PodError(Exception):
 
 
 class Pod:
-    def __init__(self, pod_id: str, role: Role, host: Host, on_host_exit: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        pod_id: str,
+        role: Role,
+        host: Host,
+        on_host_exit: Callable[[str], None],
+        on_oom: Callable[[Task], None] | None = None,
+    ) -> None:
         self.id = pod_id
         self.role = role
         self.host = host
@@ -34,6 +46,10 @@ class Pod:
         self.dead_reason = ""
         self._on_host_exit = on_host_exit
         self._closing = False
+        self._on_oom = on_oom
+        set_notify = getattr(host.bridge, "set_notify", None)
+        if callable(set_notify):
+            set_notify(self._on_notification)
         self._watch = asyncio.create_task(self._watch_host(), name=f"watch uvm {pod_id}")
 
     def check_joinable(self, task_id: str, role: Role, sandbox_id: str) -> None:
@@ -49,6 +65,19 @@ class Pod:
         sandbox = self.tasks.get(self.id)
         if sandbox is None or sandbox.init.state is not State.RUNNING:
             raise PodError(f"sandbox task {self.id} is not running")
+
+    def _on_notification(self, body: dict[str, Any]) -> None:
+        """Bridge notifications (called from the bridge's reader, in order with the responses)."""
+        if body.get("Type") != NotificationType.OOM_KILLED:
+            return  # exits are observed through WaitForProcess
+        cid = str(body.get("ContainerId") or "")
+        task = self.tasks.get(cid)
+        if task is None:
+            log.info("OOM kill in a container this pod does not know", extra={"pod": self.id, "task": cid})
+            return
+        log.warning("task OOM kill", extra={"pod": self.id, "task": cid})
+        if self._on_oom is not None:
+            self._on_oom(task)
 
     async def _watch_host(self) -> None:
         try:

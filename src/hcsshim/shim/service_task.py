@@ -4,7 +4,9 @@ the messages are wire-identical) on top of the pod model.
 Errors follow containerd's expectations (reference §1.7, §3.5): unknown ids → NotFound, duplicate exec
 ids → AlreadyExists, wrong state → FailedPrecondition, unsupported calls → Unimplemented. Events go
 through one ordered publisher: TaskCreate before Create returns, TaskStart before the exit watcher
-runs, TaskExit after output is drained, TaskDelete last.
+runs, TaskExit after output is drained, TaskDelete last. TaskOOM (the guest reports the container's
+OOM kills, see ``hcsshim.gcs.protocol.NOTIFY_OOM``) is never published before the task's TaskStart; the
+guest reports a kill that ends the container before its exit, so it normally precedes that TaskExit.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Protocol
 from google.protobuf import any_pb2, empty_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 
+from hcsshim.annotations import AnnotationError
 from hcsshim.api.cgroups.v1 import metrics_pb2
 from hcsshim.api.containerd.events import task_pb2 as events
 from hcsshim.api.containerd.task.v2 import shim_pb2 as v2
@@ -65,7 +68,10 @@ def _map_errors(exc: Exception) -> TtrpcError:
         return exc
     if isinstance(exc, ProcessError):
         return TtrpcError(Code.NOT_FOUND if exc.not_found else Code.FAILED_PRECONDITION, str(exc))
-    if isinstance(exc, (PodError, SpecError)):
+    if isinstance(exc, (SpecError, AnnotationError)):
+        # The caller's input is wrong (config.json, an annotation): containerd shows it as such.
+        return TtrpcError(Code.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, PodError):
         return TtrpcError(Code.FAILED_PRECONDITION, str(exc))
     return TtrpcError(Code.UNKNOWN, str(exc) or type(exc).__name__)
 
@@ -156,6 +162,12 @@ class TaskService:
             )
         )
 
+    def _on_oom(self, task: Task) -> None:
+        if task.init.state is State.CREATED:
+            task.oom_pending = True  # TaskStart has not been published yet
+            return
+        self.publish(events.TaskOOM(container_id=task.id))
+
     def _on_host_exit(self, reason: str) -> None:
         log.error("pod lost its utility VM", extra={"reason": reason})
 
@@ -178,7 +190,7 @@ class TaskService:
             new_pod = self.pod is None
             if self.pod is None:
                 host = await self.host_factory(req.id, spec, options)
-                self.pod = Pod(req.id, role, host, self._on_host_exit)
+                self.pod = Pod(req.id, role, host, self._on_host_exit, self._on_oom)
             else:
                 self.pod.check_joinable(req.id, role, sandbox_id)
             pod = self.pod
@@ -222,6 +234,9 @@ class TaskService:
         def started(p: Process) -> None:
             if p.is_init:
                 self.publish(events.TaskStart(container_id=req.id, pid=p.pid))
+                if task.oom_pending:
+                    task.oom_pending = False
+                    self.publish(events.TaskOOM(container_id=req.id))
             else:
                 self.publish(events.TaskExecStarted(container_id=req.id, exec_id=p.exec_id, pid=p.pid))
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
-import importlib
 import json
 import os
 from typing import Any
+
+from hcsshim import oci
 
 CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
@@ -31,7 +32,16 @@ def read_spec(bundle: str) -> dict[str, Any]:
         return {}
     except (OSError, ValueError) as exc:
         raise SpecError(f"{bundle}/config.json: {exc}") from exc
-    return data if isinstance(data, dict) else {}
+    if data is None:
+        return {}
+    try:
+        # Shape check only (the guest gets the spec as JSON): a wrong type is refused here, with the
+        # field named, instead of surfacing later as a Python error deep in the document builder.
+        oci.Spec.from_dict(data)
+    except oci.SpecError as exc:
+        raise SpecError(f"{bundle}/config.json: {exc}") from exc
+    assert isinstance(data, dict)
+    return data
 
 
 def spec_annotations(spec: dict[str, Any]) -> dict[str, str]:
@@ -41,20 +51,11 @@ def spec_annotations(spec: dict[str, Any]) -> dict[str, str]:
 
 def role_and_sandbox(spec: dict[str, Any], task_id: str) -> tuple[Role, str]:
     """(role, sandbox id) of a task; the oci package's parser when it is there, the same rules here."""
-    ann = spec_annotations(spec)
     try:
-        oci = importlib.import_module("hcsshim.oci")
-        parse = oci.sandbox_type_and_id
-    except (ImportError, AttributeError):
-        parse = None
-    if parse is not None:
-        try:
-            kind, sid = parse(ann)
-        except Exception as exc:
-            raise SpecError(str(exc)) from exc
-        kind = str(getattr(kind, "value", kind) or "")
-        return _role(kind, str(sid or ""), task_id)
-    return _role(ann.get(CONTAINER_TYPE, ""), ann.get(SANDBOX_ID, ""), task_id)
+        kind, sid = oci.sandbox_type_and_id(spec_annotations(spec))
+    except ValueError as exc:
+        raise SpecError(str(exc)) from exc
+    return _role(str(getattr(kind, "value", kind) or ""), str(sid or ""), task_id)
 
 
 def _role(kind: str, sid: str, task_id: str) -> tuple[Role, str]:

@@ -51,6 +51,8 @@ class Task:
         self._rootfs_target = ""
         self._shares: list[str] = []
         self.created = False
+        # An OOM kill reported before TaskStart went out; published right after it.
+        self.oom_pending = False
 
     # ---- lifetime ------------------------------------------------------------------------------
 

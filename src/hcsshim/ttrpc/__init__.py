@@ -1,7 +1,8 @@
 """ttrpc client and server on asyncio (unary RPCs, the protocol containerd speaks to shims).
 
-Layout: :mod:`.frame` is the sans-IO frame codec, :mod:`.status` the codes and errors, :mod:`.client`
-and :mod:`.server` the asyncio halves. Logs go to the ``hcsshim.ttrpc`` logger as ``key=value`` text.
+Layout: :mod:`.frame` is the sans-IO frame codec (plus the read loop both ends share), :mod:`.status`
+the codes and errors, :mod:`.client` and :mod:`.server` the asyncio halves. Logs go to the
+``hcsshim.ttrpc`` logger as ``key=value`` text.
 """
 
 from hcsshim.ttrpc.address import socket_address

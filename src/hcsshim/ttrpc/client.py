@@ -15,13 +15,13 @@ from hcsshim.api.ttrpc import request_pb2
 from hcsshim.ttrpc.address import socket_address
 from hcsshim.ttrpc.frame import (
     MAX_MESSAGE_LENGTH,
+    READ_CHUNK,
     Frame,
-    FrameDecoder,
     MessageType,
     OversizedFrame,
     OversizedMessageError,
-    ProtocolError,
     encode_frame,
+    read_frames,
 )
 from hcsshim.ttrpc.status import Code, ConnectionClosedError, TtrpcError
 
@@ -29,8 +29,6 @@ log = logging.getLogger("hcsshim.ttrpc.client")
 
 M = TypeVar("M", bound=Message)
 MetadataInput = Mapping[str, str | Sequence[str]]
-
-_READ_CHUNK = 256 * 1024
 
 
 def metadata_pairs(metadata: MetadataInput | None) -> list[request_pb2.KeyValue]:
@@ -59,7 +57,7 @@ class Client:
     async def connect(cls, address: str, *, timeout: float | None = None) -> Client:
         path = socket_address(address)
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_unix_connection(path, limit=_READ_CHUNK)
+            reader, writer = await asyncio.open_unix_connection(path, limit=READ_CHUNK)
         log.debug("event=connected address=%s", address)
         return cls(reader, writer, address)
 
@@ -159,20 +157,10 @@ class Client:
         log.debug("event=closed address=%s reason=%r", self.address, reason)
 
     async def _read_loop(self) -> None:
-        decoder = FrameDecoder()
         reason = "connection closed by server"
         try:
-            while True:
-                data = await self._reader.read(_READ_CHUNK)
-                if not data:
-                    break
-                for item in decoder.feed(data):
-                    self._dispatch(item)
-        except ProtocolError as exc:
-            reason = f"protocol error: {exc}"
-            log.warning("event=connection_closed address=%s reason=%r", self.address, reason)
-        except (ConnectionError, OSError) as exc:
-            reason = f"read failed: {exc}"
+            failure = await read_frames(self._reader, self._dispatch, log=log, peer=f"address={self.address}")
+            reason = failure or reason
         finally:
             self._shutdown(reason)
 

@@ -4,17 +4,23 @@ A frame is a 10-byte big-endian header ``length u32 | stream id u32 | type u8 | 
 ``length`` payload bytes. Payloads are capped at 4 MiB. Because that cap is far below 16 MiB, the first
 header byte of every valid frame is zero; the decoder uses that (and the known message types) to tell a
 merely oversized frame, which is skipped and reported so the peer can be answered, from garbage, which is
-a :class:`ProtocolError` after which the connection cannot be resynchronised.
+a :class:`ProtocolError` after which the connection cannot be resynchronised. :func:`read_frames` is
+the one asyncio piece: the read loop the client and the server share.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 HEADER_LENGTH = 10
 MAX_MESSAGE_LENGTH = 4 << 20
+# Bytes asked of the socket per read (and the StreamReader limit of both ends).
+READ_CHUNK = 256 * 1024
 # A length whose top byte is set can only come from a peer that does not speak ttrpc.
 _GARBAGE_LENGTH = 1 << 24
 
@@ -130,3 +136,29 @@ class FrameDecoder:
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MessageType)
+
+
+async def read_frames(
+    reader: asyncio.StreamReader,
+    on_frame: Callable[[Frame | OversizedFrame], None],
+    *,
+    log: logging.Logger,
+    peer: str,
+) -> str | None:
+    """Decode frames from ``reader`` and hand each to ``on_frame`` until the stream ends.
+
+    Returns None at end of stream, else why reading stopped: a protocol error (logged as a warning
+    naming ``peer``, e.g. ``"address=/run/x.sock"``) or a failed read.
+    """
+    decoder = FrameDecoder()
+    try:
+        while data := await reader.read(READ_CHUNK):
+            for item in decoder.feed(data):
+                on_frame(item)
+    except ProtocolError as exc:
+        reason = f"protocol error: {exc}"
+        log.warning("event=connection_closed %s reason=%r", peer, reason)
+        return reason
+    except (ConnectionError, OSError) as exc:
+        return f"read failed: {exc}"
+    return None

@@ -26,20 +26,19 @@ from hcsshim.api.ttrpc import request_pb2
 from hcsshim.ttrpc.address import is_abstract, socket_address
 from hcsshim.ttrpc.frame import (
     MAX_MESSAGE_LENGTH,
+    READ_CHUNK,
     Frame,
-    FrameDecoder,
     MessageType,
     OversizedFrame,
     OversizedMessageError,
-    ProtocolError,
     encode_frame,
+    read_frames,
 )
 from hcsshim.ttrpc.status import Code, TtrpcError
 
 log = logging.getLogger("hcsshim.ttrpc.server")
 
 NAMESPACE_KEY = "containerd-namespace-ttrpc"
-_READ_CHUNK = 256 * 1024
 
 # The request type is the message class registered with the handler; Any lets handlers declare it.
 Handler = Callable[["Context", Any], Awaitable[Message]]
@@ -95,20 +94,10 @@ class _Connection:
         self.peer = _peer(writer)
 
     async def serve(self) -> None:
-        decoder = FrameDecoder()
         reason = "eof"
         try:
-            while True:
-                data = await self._reader.read(_READ_CHUNK)
-                if not data:
-                    break
-                for item in decoder.feed(data):
-                    self._on_frame(item)
-        except ProtocolError as exc:
-            reason = f"protocol error: {exc}"
-            log.warning("event=connection_closed peer=%s reason=%r", self.peer, reason)
-        except (ConnectionError, OSError) as exc:
-            reason = f"read failed: {exc}"
+            failure = await read_frames(self._reader, self._on_frame, log=log, peer=f"peer={self.peer}")
+            reason = failure or reason
         except asyncio.CancelledError:
             reason = "server closing"
             raise
@@ -211,7 +200,7 @@ class Server:
         there (a shim joining a group) must probe it first.
         """
         path = socket_address(address)
-        listener = await asyncio.start_unix_server(self._on_connect, path=path, limit=_READ_CHUNK)
+        listener = await asyncio.start_unix_server(self._on_connect, path=path, limit=READ_CHUNK)
         self._listeners.append(listener)
         if not is_abstract(path):
             self._owned_paths.append((path, os.stat(path).st_ino))
@@ -223,7 +212,7 @@ class Server:
         if isinstance(sock, int):
             sock = socket.socket(fileno=sock)
         sock.setblocking(False)
-        listener = await asyncio.start_unix_server(self._on_connect, sock=sock, limit=_READ_CHUNK)
+        listener = await asyncio.start_unix_server(self._on_connect, sock=sock, limit=READ_CHUNK)
         self._listeners.append(listener)
         self._ensure_event()
         log.info("event=listening fd=%d name=%r", sock.fileno(), sock.getsockname())

@@ -65,9 +65,7 @@ class CpioWriter:
     def add_file(self, name: str, path: str, st: os.stat_result) -> None:
         # Hard links become separate copies: the image has none worth the bookkeeping.
         with open(path, "rb") as f:
-            data = f.read()
-        self._header(name, stat.S_IFREG | stat.S_IMODE(st.st_mode), len(data), ino=self._next_ino())
-        self._out.write(data + _pad4(len(data)))
+            self.add_bytes(name, f.read(), stat.S_IMODE(st.st_mode))
 
     def add_tree(self, root: str) -> None:
         """Every entry under `root` (sorted, parents first) as if `root` were `/`."""

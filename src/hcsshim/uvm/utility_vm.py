@@ -145,8 +145,7 @@ class UtilityVM:
             return
         err = connect.exception() if connect.done() and not connect.cancelled() else None
         connect.cancel()
-        with contextlib.suppress(BaseException):
-            await connect
+        await asyncio.wait({connect})  # its outcome is in `err`; a cancel of start() still propagates
         broken = err is not None and not isinstance(err, TimeoutError)
         info = await self._wait_exit(EXIT_GRACE) if broken else self.system.exit_info
         if info is not None:
@@ -219,8 +218,7 @@ class UtilityVM:
     async def terminate(self) -> None:
         await self.system.terminate()
         if self._exit_task is not None:
-            with contextlib.suppress(BaseException):
-                await self._exit_task
+            await asyncio.wait({self._exit_task})  # _on_exit handles its own errors
         elif self.session is not None:
             with contextlib.suppress(Exception):
                 await self.session.aclose("terminated")
@@ -228,8 +226,7 @@ class UtilityVM:
     async def wait(self) -> ExitInfo:
         info = await self.system.wait()
         if self._exit_task is not None:
-            with contextlib.suppress(BaseException):
-                await self._exit_task
+            await asyncio.wait({self._exit_task})
         return info
 
     async def close(self) -> None:

@@ -21,7 +21,6 @@ from hcsshim.hcs.errors import (
     ErrComputeSystemDoesNotExist,
     ErrInvalidData,
     ErrNotSupported,
-    ErrTimeout,
     ErrVmcomputeAlreadyStopped,
     ErrVmcomputeOperationInvalidState,
     ErrVmcomputeUnexpectedExit,
@@ -193,11 +192,15 @@ class QemuComputeSystem(ComputeSystem):
         )
         waiter = asyncio.ensure_future(self.proc.wait())
         accept = asyncio.ensure_future(asyncio.wait_for(self.qmp.accept(), QMP_CONNECT_TIMEOUT))
-        done, _ = await asyncio.wait({waiter, accept}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({waiter, accept}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # create() was cancelled: create() kills QEMU; leave no waiters behind
+            waiter.cancel()
+            accept.cancel()
+            raise
         if accept not in done:
             accept.cancel()
-            with contextlib.suppress(BaseException):
-                await accept
+            await asyncio.wait({accept})
             raise ErrVmcomputeUnexpectedExit(
                 "CreateComputeSystem",
                 self.id,
@@ -350,12 +353,6 @@ class QemuComputeSystem(ComputeSystem):
         await self._exited.wait()
         assert self._exit is not None
         return self._exit
-
-    async def wait_timeout(self, timeout: float) -> ExitInfo:
-        try:
-            return await asyncio.wait_for(self.wait(), timeout)
-        except TimeoutError as e:
-            raise ErrTimeout("Wait", self.id, f"still running after {timeout}s") from e
 
     async def modify(self, request: Document) -> None:
         req = document_to_dict(request, self.id, "Modify")
