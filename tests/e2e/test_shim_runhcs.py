@@ -262,7 +262,8 @@ def test_oom_killed_container_publishes_task_oom(containerd: Containerd, image: 
             "--runtime",
             RUNTIME,
             "--memory-limit",
-            str(16 << 20),
+            # Enough for runc's own init to start inside the cgroup; `tail /dev/zero` outgrows any limit.
+            str(64 << 20),
             image,
             cid,
             "sh",
@@ -293,7 +294,7 @@ def test_oom_kill_inside_a_running_container_publishes_task_oom(containerd: Cont
         "--runtime",
         RUNTIME,
         "--memory-limit",
-        str(16 << 20),
+        str(64 << 20),
         image,
         cid,
         "sh",

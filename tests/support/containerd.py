@@ -155,7 +155,11 @@ class Containerd:
             argv, capture_output=True, text=True, timeout=timeout, input=input, env=self.env, check=False
         )
         if check and proc.returncode != 0:
-            raise ContainerdError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+            # containerd's log holds the shim's and the guest agent's lines: what a CI failure needs.
+            raise ContainerdError(
+                f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+                f"\n--- containerd log ---\n{self.log_tail(60)}"
+            )
         return proc
 
     def ctr_popen(self, *args: str, namespace: str | None = None) -> subprocess.Popen[str]:
