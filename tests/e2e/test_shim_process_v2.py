@@ -13,6 +13,7 @@ import pytest
 
 from hcsshim.shim.local import runc_binary, state_dir
 from tests.support.containerd import Containerd
+from tests.support.procs import shim_server_pid
 from tests.support.shim_checks import (
     bundle_path,
     import_busybox,
@@ -34,17 +35,9 @@ def image(containerd: Containerd) -> Iterator[str]:
 
 
 def _server_pid(cid: str) -> int:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"hcsshim.cli.shim_process_v2" in argv and b"serve" in argv and cid.encode() in argv:
-            return int(entry)
-    raise AssertionError(f"no shim server for {cid}")
+    pid = shim_server_pid("hcsshim.cli.shim_process_v2", cid)
+    assert pid is not None, f"no shim server for {cid}"
+    return pid
 
 
 def _gone(c: Containerd, cid: str) -> None:

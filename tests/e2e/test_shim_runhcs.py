@@ -16,6 +16,7 @@ import pytest
 
 from hcsshim.hcs.qemu.system import state_dir_for
 from tests.support.containerd import CONTAINERD, Containerd, start_containerd, stop_containerd
+from tests.support.procs import shim_server_pid
 from tests.support.shim_checks import (
     RUNTIME,
     bundle_path,
@@ -200,17 +201,9 @@ def test_containerd_restart_finds_the_shim_again(image: str) -> None:
 
 
 def _shim_server_pid(cid: str) -> int:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"serve" in argv and cid.encode() in argv and b"hcsshim.cli.shim_runhcs_v1" in argv:
-            return int(entry)
-    raise AssertionError(f"no shim server for {cid}")
+    pid = shim_server_pid("hcsshim.cli.shim_runhcs_v1", cid)
+    assert pid is not None, f"no shim server for {cid}"
+    return pid
 
 
 def test_killed_shim_is_cleaned_up_by_delete(containerd: Containerd, image: str) -> None:
