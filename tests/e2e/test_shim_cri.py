@@ -13,6 +13,7 @@ from hcsshim.shim.local import state_dir
 from tests.support.containerd import Containerd
 from tests.support.cri import CriClient
 from tests.support.oci_image import DEFAULT_NAME, build_image, build_pause_image
+from tests.support.procs import argvs
 from tests.support.shim_checks import bundle_path, mounts_under, qemu_pids, shim_socket, wait_until
 from tests.support.uvm import boot_files
 
@@ -88,18 +89,7 @@ def test_two_containers_of_a_pod_share_one_uvm(
 
 def _agents(pod_id: str) -> list[int]:
     needle = state_dir(pod_id).encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"hcsshim.guest" in argv and any(needle in a for a in argv):
-            found.append(int(entry))
-    return found
+    return [pid for pid, argv in argvs() if b"hcsshim.guest" in argv and any(needle in a for a in argv)]
 
 
 def test_process_v2_pod_containers_share_one_agent(

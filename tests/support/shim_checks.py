@@ -15,29 +15,19 @@ from hcsshim.hcs.qemu.system import state_dir_for
 from hcsshim.shim.manager import socket_path
 from tests.support.containerd import Containerd
 from tests.support.oci_image import DEFAULT_NAME, build_image
+from tests.support.procs import argvs
 
 RUNTIME = "io.containerd.runhcs.v1"
-
-
-def _cmdline(pid: int) -> list[bytes]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().split(b"\0")
-    except OSError:
-        return []
 
 
 def qemu_pids(uvm_owner: str) -> list[int]:
     """QEMU processes of the UVM created for ``uvm_owner`` (its state directory is in their argv)."""
     needle = state_dir_for(f"{uvm_owner}@vm").encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        argv = _cmdline(int(entry))
-        if argv and b"qemu-system" in os.path.basename(argv[0]) and any(needle in a for a in argv):
-            found.append(int(entry))
-    return found
+    return [
+        pid
+        for pid, argv in argvs()
+        if argv and b"qemu-system" in os.path.basename(argv[0]) and any(needle in a for a in argv)
+    ]
 
 
 def mounts_under(path: str) -> list[str]:
