@@ -233,14 +233,7 @@ def _pollable(fd: int) -> bool:
         ep.close()
 
 
-# A char device's poll can miss a wake-up (virtio_console's full out-queue under TCG is the suspect:
-# the whole guest once went silent with QEMU alive), so a wait for readiness is also a periodic retry
-# of the read or write that was refused; when nothing was lost, a retry costs one EAGAIN.
-FD_RETRY_INTERVAL = 0.2
-
-
 async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, readable: bool) -> None:
-    """Until ``fd`` polls ready, or FD_RETRY_INTERVAL passes (the caller retries either way)."""
     fut: asyncio.Future[None] = loop.create_future()
 
     def ready() -> None:
@@ -252,7 +245,7 @@ async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, readable: bool) 
     else:
         loop.add_writer(fd, ready)
     try:
-        await asyncio.wait({fut}, timeout=FD_RETRY_INTERVAL)
+        await fut
     finally:
         if readable:
             loop.remove_reader(fd)
