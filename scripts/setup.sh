@@ -4,7 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(containerd runc qemu-system-x86 qemu-utils busybox-static e2fsprogs cpio zstd iproute2 kmod)
+APT_PACKAGES=(containerd runc busybox-static e2fsprogs cpio zstd iproute2 kmod containernetworking-plugins)
+# QEMU comes from bookworm-backports (10.0.x): bookworm's 7.2 freezes guests under multi-threaded TCG
+# when the guest kernel live-patches a static key (fixed upstream in 8.1). Only these packages are
+# taken from backports; nothing else is upgraded.
+BACKPORTS_PACKAGES=(qemu-system-x86 qemu-utils)
+BACKPORTS_SOURCE=/etc/apt/sources.list.d/hcsshim-bookworm-backports.sources
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+qemu_version_ok() {
+    command -v qemu-system-x86_64 >/dev/null || return 1
+    local v
+    v=$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+    set -- $v
+    [ -n "${1:-}" ] && { [ "$1" -gt 8 ] || { [ "$1" -eq 8 ] && [ "$2" -ge 1 ]; }; }
+}
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -12,9 +26,24 @@ for p in "${APT_PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
     echo "setup: installing apt packages: ${missing[*]}"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! qemu_version_ok; then
+    echo "setup: installing QEMU from bookworm-backports"
+    if ! grep -qrs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        $SUDO tee "$BACKPORTS_SOURCE" >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -t bookworm-backports \
+        --no-install-recommends "${BACKPORTS_PACKAGES[@]}" >/dev/null
+    qemu_version_ok || { echo "setup: QEMU >= 8.1 is required; got: $(qemu-system-x86_64 --version | head -1)" >&2; exit 1; }
 fi
 # containerd's Debian unit starts a system daemon; ours are private, so the system one is left alone.
 
