@@ -16,6 +16,8 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import _qemu
+
 from tests.support.containerd import Containerd, available, running_containerd
 from tests.support.procs import shim_server_pid
 from tests.support.shim_checks import RUNTIME, import_busybox, qemu_pids, wait_until
@@ -92,6 +94,7 @@ def main() -> int:
     s_first = statistics.median(x[0] for x in shim)
     r_total = statistics.median(x[1] for x in runc)
     s_total = statistics.median(x[1] for x in shim)
+    print(_qemu.describe(_qemu.chosen()))
     print(f"ctr run --rm busybox echo; median of {RUNS} runs each, same containerd 1.6 and image")
     print(f"{'measure':46} {'runhcs-v1':>10} {'runc.v2':>10} {'ratio':>8}")
     print(f"{'start to output (s)':46} {s_first:>10.2f} {r_first:>10.2f} {s_first / r_first:>8.1f}")

@@ -15,8 +15,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import _qemu
+
 from hcsshim.hcs import document_to_dict
-from hcsshim.hcs.qemu.accel import choose_accel
 from hcsshim.hcs.qemu.system import QEMU_BINARY, QemuComputeSystem
 from hcsshim.uvm.document import boot_files_path, default_lcow_document
 from hcsshim.uvm.utility_vm import UtilityVM
@@ -43,7 +44,7 @@ def floor_boot(kernel: str, initrd: str, marker: str, accel: str, work: str) -> 
     argv = [
         QEMU_BINARY,
         *("-nodefaults", "-no-user-config", "-nographic", "-no-reboot"),
-        *("-machine", f"pc,accel={accel}", "-cpu", "host" if accel == "kvm" else "max"),
+        *("-machine", "pc", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max"),
         *("-m", str(MEMORY_MB), "-smp", str(CPUS)),
         *("-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet"),
         *("-serial", f"file:{console}"),
@@ -108,7 +109,8 @@ def main() -> int:
     if not os.path.isfile(kernel) or not os.path.isfile(os.path.join(root, "initrd.img")):
         print(f"uvm_boot: no UVM image in {root}; run `hcsshim uvm build` first")
         return 1
-    accel, why = asyncio.run(choose_accel(QEMU_BINARY, kernel))
+    chosen = _qemu.chosen()
+    accel = chosen.spec
     with tempfile.TemporaryDirectory(prefix="hcsshim-bench-") as work:
         initrd, marker = floor_initrd(root, work)
         floors = [floor_boot(kernel, initrd, marker, accel, work) for _ in range(BOOTS)]
@@ -118,8 +120,7 @@ def main() -> int:
     rss = statistics.median(r[1] for r in results)
     free = statistics.median(r[2] for r in results)
     avail = statistics.median(r[3] for r in results)
-    why = why.splitlines()[0][:100] if why else ""
-    print(f"accelerator: {accel} ({why}); {BOOTS} boots each; {MEMORY_MB} MiB, {CPUS} vCPUs")
+    print(f"{_qemu.describe(chosen)}; {BOOTS} boots each; {MEMORY_MB} MiB, {CPUS} vCPUs")
     print(f"{'measure':44} {'median':>10} {'samples'}")
     print(f"{'floor: kernel + busybox init to ready (s)':44} {floor:>10.2f} {[round(x, 2) for x in floors]}")
     print(f"{'UtilityVM create to agent ready (s)':44} {uvm:>10.2f} {[round(x, 2) for x in boots]}")

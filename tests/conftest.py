@@ -3,7 +3,22 @@ end-to-end tests share them; they live in tests/support and are imported here.""
 
 from __future__ import annotations
 
-from tests.support.containerd import containerd
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.containerd import containerd, containerd_matrix
+from tests.support.loop_watch import SLOW_CALLBACK_SECONDS, WATCH
 from tests.support.uvm import booted_uvm
 
-__all__ = ["booted_uvm", "containerd"]
+__all__ = ["booted_uvm", "containerd", "containerd_matrix"]
+
+
+@pytest.fixture(autouse=True)
+def no_slow_callbacks() -> Iterator[None]:
+    """Fails a test during which any event loop of this process ran a callback for longer than
+    SLOW_CALLBACK_SECONDS (asyncio debug mode measures it)."""
+    WATCH.take()
+    yield
+    slow = WATCH.take()
+    assert not slow, f"event loop blocked for more than {SLOW_CALLBACK_SECONDS}s: " + "; ".join(slow[:5])

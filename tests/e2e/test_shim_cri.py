@@ -1,4 +1,5 @@
-"""containerd-shim-runhcs-v1 through containerd's CRI plugin: a pod's containers share the pod's UVM."""
+"""containerd-shim-runhcs-v1 through containerd's CRI plugin: a pod's containers share the pod's UVM.
+Every test runs against containerd 1.6 and 2.1."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 CRI_NAMESPACE = "k8s.io"
 HANDLER = "runhcs-v1"
+
+
+@pytest.fixture(scope="module")
+def containerd(containerd_matrix: Containerd) -> Containerd:
+    return containerd_matrix
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""containerd-shim-process-v2 end to end: no UVM, the agent drives runc on this host."""
+"""containerd-shim-process-v2 end to end: no UVM, the agent drives runc on this host; against containerd
+1.6 and 2.1."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ from tests.support.shim_checks import (
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 RUNTIME = "io.containerd.process.v2"
+
+
+@pytest.fixture(scope="module")
+def containerd(containerd_matrix: Containerd) -> Containerd:
+    """Every test of this module runs once per containerd version (no VM: cheap)."""
+    return containerd_matrix
 
 
 @pytest.fixture(scope="module")

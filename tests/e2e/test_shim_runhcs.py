@@ -1,4 +1,5 @@
-"""containerd-shim-runhcs-v1 end to end: Debian's containerd 1.6 (private instance), ``ctr`` and real UVMs."""
+"""containerd-shim-runhcs-v1 end to end: private instances of Debian's containerd 1.6 and 2.1 (each test
+runs against both), ``ctr`` and real UVMs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from hcsshim.hcs.qemu.system import state_dir_for
-from tests.support.containerd import CONTAINERD, Containerd, start_containerd, stop_containerd
+from tests.support.containerd import VERSIONS, Containerd, start_containerd, stop_containerd
 from tests.support.procs import shim_server_pid
 from tests.support.shim_checks import (
     RUNTIME,
@@ -32,6 +33,12 @@ from tests.support.uvm import boot_files
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 UVM_TIMEOUT = 300.0
+
+
+@pytest.fixture(scope="module")
+def containerd(containerd_matrix: Containerd) -> Containerd:
+    """Every test of this module runs once per containerd version."""
+    return containerd_matrix
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +169,15 @@ def test_uvm_death_fails_the_task_with_a_reason(containerd: Containerd, image: s
     _assert_gone(containerd, cid)
 
 
-def test_containerd_restart_finds_the_shim_again(image: str) -> None:
-    c = start_containerd()
+@pytest.mark.parametrize("version", VERSIONS)
+def test_containerd_restart_finds_the_shim_again(version: str) -> None:
+    if boot_files() is None:
+        pytest.fail("no UVM image (run `hcsshim uvm build`)")
+    c = start_containerd(version=version)
     cid = "shim-restart"
     try:
         with tempfile.TemporaryDirectory() as d:
-            import_busybox(c, d)
+            image = import_busybox(c, d)
         c.ctr("run", "-d", "--runtime", RUNTIME, image, cid, "sleep", "600", timeout=UVM_TIMEOUT)
         before = c.ctr("task", "ls").stdout
         assert c.process is not None
@@ -176,7 +186,7 @@ def test_containerd_restart_finds_the_shim_again(image: str) -> None:
         assert os.path.exists(shim_socket(c, cid)), "the shim must outlive containerd"
         with open(c.log_path, "ab") as log:
             c.process = subprocess.Popen(
-                [CONTAINERD, "--config", str(c.config_path)],
+                [c.containerd_binary, "--config", str(c.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -1,4 +1,6 @@
-"""A private containerd 1.6 (Debian's /usr/bin/containerd) for end-to-end tests.
+"""A private containerd for end-to-end tests: 1.6 (Debian's /usr/bin/containerd, the default) or
+2.1 (Debian forky's, unpacked by scripts/setup.sh into ``$HCSSHIM_CONTAINERD2_PREFIX``,
+/opt/hcsshim/containerd-2.1).
 
 Use the session fixture ``containerd`` from tests/conftest.py, or :func:`running_containerd` directly::
 
@@ -9,6 +11,11 @@ Use the session fixture ``containerd`` from tests/conftest.py, or :func:`running
         containerd.env                                   # containerd's environment (PATH has .venv/bin)
         rootfs = busybox_rootfs(tmp_path / "rootfs")     # then: ctr run -d --rootfs <rootfs> id /bin/sh ...
         containerd.log_tail(), shim_pids(containerd)     # for failure messages / leak checks
+
+``start_containerd(version="2.1")`` / ``running_containerd(version=...)`` pick the daemon (config version 2
+for 1.6, version 3 for 2.1: other plugin ids, same handlers); the session fixture ``containerd_matrix`` is
+parametrized over :data:`VERSIONS` (ids ``containerd-1.6``, ``containerd-2.1``) for tests that must pass
+on both, and ``c.version`` / ``c.containerd_binary`` / ``c.ctr_binary`` say which one a test got.
 
 ``ctr(..., check=False)`` returns the CompletedProcess instead of raising ContainerdError. CRI (when
 ``cri_ok``) is served on ``grpc_address`` too: ``crictl --runtime-endpoint unix://<grpc_address>``.
@@ -44,6 +51,11 @@ from tests.support.procs import argvs
 
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
+CONTAINERD2_PREFIX = os.environ.get("HCSSHIM_CONTAINERD2_PREFIX", "/opt/hcsshim/containerd-2.1")
+DEFAULT_VERSION = "1.6"
+# version -> directory holding containerd, ctr (and containerd-shim-runc-v2) of that version.
+BIN_DIRS = {"1.6": "/usr/bin", "2.1": os.path.join(CONTAINERD2_PREFIX, "usr", "bin")}
+VERSIONS = tuple(BIN_DIRS)
 DEFAULT_NAMESPACE = "default"
 VENV_BIN = Path(sys.executable).parent
 
@@ -74,6 +86,8 @@ oom_score = 0
   stream_server_port = "0"
   enable_selinux = false
   sandbox_image = "registry.k8s.io/pause:3.6"
+  # No CAP_SYS_RESOURCE here: runc pods (the network bench's reference) need this.
+  restrict_oom_score_adj = true
 
 [plugins."io.containerd.grpc.v1.cri".cni]
   bin_dir = "{base}/cni/bin"
@@ -95,6 +109,64 @@ oom_score = 0
   runtime_type = "io.containerd.process.v2"
 """
 
+# containerd 2.x: config version 3 splits CRI into cri.v1.runtime / cri.v1.images. There is no
+# CAP_SYS_RESOURCE here, so runc pods need restrict_oom_score_adj.
+CONFIG_TEMPLATE_V3 = """\
+version = 3
+root = "{root}"
+state = "{state}"
+oom_score = 0
+
+[grpc]
+  address = "{grpc}"
+
+[ttrpc]
+  address = "{ttrpc}"
+
+[debug]
+  address = "{debug}"
+  level = "debug"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{root}/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "registry.k8s.io/pause:3.6"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  enable_selinux = false
+  restrict_oom_score_adj = true
+
+[plugins."io.containerd.cri.v1.runtime".cni]
+  bin_dirs = ["{base}/cni/bin"]
+  conf_dir = "{base}/cni/net.d"
+
+[plugins."io.containerd.cri.v1.runtime".containerd]
+  default_runtime_name = "runc"
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runhcs-v1]
+  runtime_type = "io.containerd.runhcs.v1"
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.lcow-v2]
+  runtime_type = "io.containerd.lcow.v2"
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.process-v2]
+  runtime_type = "io.containerd.process.v2"
+"""
+
+# containerd version -> its config template (the keys of BIN_DIRS).
+CONFIG_TEMPLATES = {"1.6": CONFIG_TEMPLATE, "2.1": CONFIG_TEMPLATE_V3}
+
 
 class ContainerdError(RuntimeError):
     pass
@@ -107,6 +179,19 @@ class Containerd:
     process: subprocess.Popen[bytes] | None = None
     cri_ok: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    version: str = DEFAULT_VERSION
+
+    @property
+    def containerd_binary(self) -> str:
+        return os.path.join(BIN_DIRS[self.version], "containerd")
+
+    @property
+    def ctr_binary(self) -> str:
+        return os.path.join(BIN_DIRS[self.version], "ctr")
+
+    @property
+    def config_version(self) -> int:
+        return 3 if int(self.version.split(".")[0]) >= 2 else 2
 
     @property
     def root(self) -> Path:
@@ -139,7 +224,14 @@ class Containerd:
         words = 2 if cmd[:2] in (["task", "start"], ["task", "exec"]) else 1 if cmd[:1] == ["run"] else 0
         if words and "--fifo-dir" not in cmd:
             cmd[words:words] = ["--fifo-dir", str(self.base / "fifo")]
-        return [CTR, "--address", self.grpc_address, "--namespace", namespace or self.namespace, *cmd]
+        return [
+            self.ctr_binary,
+            "--address",
+            self.grpc_address,
+            "--namespace",
+            namespace or self.namespace,
+            *cmd,
+        ]
 
     def ctr(
         self,
@@ -179,10 +271,25 @@ class Containerd:
             return ""
 
 
-def _write_config(c: Containerd, extra_config: str) -> None:
+# Where each config version takes CRI's snapshotter (1.6: one global; 2.x: the image service's).
+CRI_SNAPSHOTTER_TABLES = {
+    "1.6": '[plugins."io.containerd.grpc.v1.cri".containerd]\n',
+    "2.1": '[plugins."io.containerd.cri.v1.images"]\n',
+}
+
+
+def _with_cri_snapshotter(text: str, version: str, snapshotter: str) -> str:
+    if not snapshotter:
+        return text
+    table = CRI_SNAPSHOTTER_TABLES[version]
+    line = f'  snapshotter = "{snapshotter}"\n'
+    return text.replace(table, table + line, 1) if table in text else text + "\n" + table + line
+
+
+def _write_config(c: Containerd, extra_config: str, cri_snapshotter: str = "") -> None:
     for d in (c.root, c.state, c.base / "cni" / "bin", c.base / "cni" / "net.d"):
         d.mkdir(parents=True, exist_ok=True)
-    text = CONFIG_TEMPLATE.format(
+    text = CONFIG_TEMPLATES[c.version].format(
         root=c.root,
         state=c.state,
         grpc=c.grpc_address,
@@ -190,7 +297,7 @@ def _write_config(c: Containerd, extra_config: str) -> None:
         debug=c.base / "d.sock",
         base=c.base,
     )
-    c.config_path.write_text(text + extra_config)
+    c.config_path.write_text(_with_cri_snapshotter(text, c.version, cri_snapshotter) + extra_config)
 
 
 def _wait_ready(c: Containerd, timeout: float) -> None:
@@ -217,19 +324,29 @@ def _cri_status(c: Containerd) -> bool:
 
 
 def start_containerd(
-    *, namespace: str = DEFAULT_NAMESPACE, extra_config: str = "", timeout: float = 30.0
+    *,
+    namespace: str = DEFAULT_NAMESPACE,
+    extra_config: str = "",
+    timeout: float = 30.0,
+    version: str = DEFAULT_VERSION,
+    cri_snapshotter: str = "",
 ) -> Containerd:
-    """Start a private containerd and wait until it answers; call :func:`stop_containerd` afterwards."""
+    """Start a private containerd and wait until it answers; call :func:`stop_containerd` afterwards.
+    ``cri_snapshotter`` sets the snapshotter CRI pulls into and creates containers with."""
+    if version not in BIN_DIRS:
+        raise ContainerdError(f"unknown containerd version {version!r} (known: {', '.join(VERSIONS)})")
     base = Path(f"/run/hcsshim-test-{secrets.token_hex(4)}")
     base.mkdir(mode=0o700, parents=True)
     env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
-    c = Containerd(base=base, namespace=namespace, env=env)
+    # The version's own directory comes right after the venv: its containerd-shim-runc-v2 serves runc.
+    path = [str(VENV_BIN), BIN_DIRS[version], env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")]
+    env["PATH"] = os.pathsep.join(path)
+    c = Containerd(base=base, namespace=namespace, env=env, version=version)
     try:
-        _write_config(c, extra_config)
+        _write_config(c, extra_config, cri_snapshotter)
         with open(c.log_path, "ab") as log:
             c.process = subprocess.Popen(
-                [CONTAINERD, "--config", str(c.config_path)],
+                [c.containerd_binary, "--config", str(c.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -306,9 +423,20 @@ def stop_containerd(c: Containerd) -> None:
 
 @contextlib.contextmanager
 def running_containerd(
-    *, namespace: str = DEFAULT_NAMESPACE, extra_config: str = "", timeout: float = 30.0
+    *,
+    namespace: str = DEFAULT_NAMESPACE,
+    extra_config: str = "",
+    timeout: float = 30.0,
+    version: str = DEFAULT_VERSION,
+    cri_snapshotter: str = "",
 ) -> Iterator[Containerd]:
-    c = start_containerd(namespace=namespace, extra_config=extra_config, timeout=timeout)
+    c = start_containerd(
+        namespace=namespace,
+        extra_config=extra_config,
+        timeout=timeout,
+        version=version,
+        cri_snapshotter=cri_snapshotter,
+    )
     try:
         yield c
     finally:
@@ -332,11 +460,12 @@ def busybox_rootfs(dest: Path) -> Path:
     return dest
 
 
-def available() -> str | None:
+def available(version: str = DEFAULT_VERSION) -> str | None:
     """None when a private containerd can run here, else the reason to skip."""
     if os.geteuid() != 0:
         return "needs root"
-    missing: Sequence[str] = [p for p in (CONTAINERD, CTR) if not os.path.exists(p)]
+    tools = [os.path.join(BIN_DIRS[version], name) for name in ("containerd", "ctr")]
+    missing: Sequence[str] = [p for p in tools if not os.path.exists(p)]
     if missing:
         return f"not installed: {', '.join(missing)}"
     return None
@@ -349,4 +478,18 @@ def containerd() -> Iterator[Containerd]:
     if reason is not None:
         pytest.skip(f"private containerd: {reason}")
     with running_containerd() as c:
+        yield c
+
+
+@pytest.fixture(scope="session", params=VERSIONS, ids=lambda v: f"containerd-{v}")
+def containerd_matrix(request: pytest.FixtureRequest) -> Iterator[Containerd]:
+    """A private containerd of each version in turn. A missing version is a failure, not a skip:
+    scripts/setup.sh installs both."""
+    version: str = request.param
+    reason = available(version)
+    if reason == "needs root":
+        pytest.skip(f"private containerd: {reason}")
+    if reason is not None:
+        pytest.fail(f"containerd {version}: {reason} (run scripts/setup.sh)")
+    with running_containerd(version=version) as c:
         yield c

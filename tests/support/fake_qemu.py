@@ -51,6 +51,9 @@ def _opts(spec: str) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["--version"]:
+        print("QEMU emulator version 10.0.2 (fake)")
+        return 0
     qmp_path = mux_path = console = ""
     for i, arg in enumerate(argv):
         if arg == "-chardev":

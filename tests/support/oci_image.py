@@ -13,6 +13,7 @@ import json
 import os
 import tarfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 BUSYBOX = "/bin/busybox"
@@ -99,9 +100,12 @@ def build_image(
     entrypoint: list[str] | None = None,
     cmd: list[str] | None = None,
     busybox: str = BUSYBOX,
+    extra_layers: Sequence[bytes] = (),
 ) -> str:
-    """Write the OCI image tarball to ``path`` and return ``path``."""
+    """Write the OCI image tarball to ``path`` and return ``path``; ``extra_layers`` (uncompressed
+    tars) go above the busybox layer, in order."""
     layer = Blob(MEDIA_LAYER, _layer(busybox))
+    uppers = [Blob(MEDIA_LAYER, data) for data in extra_layers]
     config_doc = {
         "architecture": "amd64",
         "os": "linux",
@@ -112,14 +116,14 @@ def build_image(
             "Cmd": cmd if cmd is not None else (None if entrypoint else ["sh"]),
             "WorkingDir": "/",
         },
-        "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
+        "rootfs": {"type": "layers", "diff_ids": [b.digest for b in (layer, *uppers)]},
     }
     config = Blob(MEDIA_CONFIG, json.dumps(config_doc, sort_keys=True).encode())
     manifest_doc = {
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
         "config": config.descriptor(),
-        "layers": [layer.descriptor()],
+        "layers": [b.descriptor() for b in (layer, *uppers)],
     }
     manifest = Blob(MEDIA_MANIFEST, json.dumps(manifest_doc, sort_keys=True).encode())
     tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else "latest"
@@ -145,7 +149,7 @@ def build_image(
             info = tarfile.TarInfo(entry)
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
-        for blob in (layer, config, manifest):
+        for blob in (layer, *uppers, config, manifest):
             info = tarfile.TarInfo(f"blobs/sha256/{blob.digest.split(':', 1)[1]}")
             info.size, info.mode = len(blob.data), 0o644
             tar.addfile(info, io.BytesIO(blob.data))

@@ -66,7 +66,7 @@ def test_vhd_rootfs_needs_scsi_0_0(boot: Path) -> None:
     }
     cfg = parse_document(doc, "t")
     assert cfg.rootfs == "vhd"
-    assert kernel_cmdline(cfg).endswith("console=ttyS0 root=/dev/sda rootwait")
+    assert kernel_cmdline(cfg).endswith("console=ttyS0 sysrq_always_enabled=1 root=/dev/sda rootwait")
     assert cfg.stage1_initrd is None
     (boot / "vhd-initrd.img").write_bytes(b"s")
     cfg = parse_document(doc, "t")
@@ -87,9 +87,16 @@ def test_kernel_cmdline_translation() -> None:
     )
     out = translate_kernel_cmdline(upstream)
     head, _, tail = out.partition(" -- ")
-    assert head.split() == ["initrd=/initrd.img", "panic=-1", "quiet", "nr_cpus=2", "console=ttyS0"]
+    assert head.split() == [
+        "initrd=/initrd.img",
+        "panic=-1",
+        "quiet",
+        "nr_cpus=2",
+        "console=ttyS0",
+        "sysrq_always_enabled=1",
+    ]
     assert tail == "-e 1 /bin/vsockexec -e 109 /bin/gcs"
-    assert translate_kernel_cmdline("quiet") == "quiet console=ttyS0"
+    assert translate_kernel_cmdline("quiet") == "quiet console=ttyS0 sysrq_always_enabled=1"
 
 
 def test_argv_places_devices_per_contract(boot: Path) -> None:
@@ -107,4 +114,4 @@ def test_argv_places_devices_per_contract(boot: Path) -> None:
     assert '"driver": "vpc"' in joined and '"lun": 3' in joined
     assert "virtserialport,bus=vser0.0,chardev=mux,name=hcsshim.mux" in joined
     assert "mount_tag=hcsshim-plan9" in joined
-    assert "accel=tcg" in joined
+    assert "-machine pc -accel tcg " in joined

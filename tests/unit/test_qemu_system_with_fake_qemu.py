@@ -53,7 +53,8 @@ def test_lifecycle_with_fake_qemu(env: dict[str, Any]) -> None:
                 {"ResourcePath": "VirtualMachine/Devices/VirtualPMem/Devices/0", "RequestType": "Add"}
             )
         props = await cs.properties()
-        assert props["State"] == "Running" and props["Backend"]["Accelerator"] == "tcg"
+        assert props["State"] == "Running" and props["Backend"]["Accelerator"] == "tcg,thread=multi"
+        assert props["Backend"]["QemuVersion"] == "10.0.2"
         await cs.terminate()
         info = await cs.wait()
         assert info.reason == "terminated" and not info.unexpected

@@ -16,6 +16,7 @@ import pytest
 from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import Message
 
+from hcsshim.api.cgroups.v1 import metrics_pb2 as cgroups_v1
 from hcsshim.api.containerd.events import task_pb2 as events
 from hcsshim.api.containerd.task.v2 import shim_pb2 as v2
 from hcsshim.api.containerd.types.task import task_pb2 as task_types
@@ -463,7 +464,9 @@ def test_errors_and_misc_rpcs_with_fake_uvm(tmp_path: Path) -> None:
         assert dup.value.code == Code.ALREADY_EXISTS
         await h.call("Start", v2.StartRequest(id="c1"), v2.StartResponse)
         stats = await h.call("Stats", v2.StatsRequest(id="c1"), v2.StatsResponse)
-        assert stats.stats.type_url == "containerd.runhcs.stats.v1.Statistics"
+        # containerd's Linux CRI decodes only the cgroups Metrics types (bare type URL).
+        assert stats.stats.type_url == "io.containerd.cgroups.v1.Metrics"
+        assert cgroups_v1.Metrics.FromString(stats.stats.value).memory.usage.usage == 4096
         resources = any_pb2.Any(
             type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
             value=json.dumps({"memory": {"limit": 1 << 20}}).encode(),

@@ -14,6 +14,10 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "doc": ("hcsshim.cli.doc", "print the HCS schema2 document a spec would become"),
     "uvm": ("hcsshim.cli.uvm", "build, check and run utility VMs"),
+    "install": (
+        "hcsshim.cli.install",
+        "add the runtime handler to containerd's config, print a RuntimeClass",
+    ),
 }
 
 

@@ -20,11 +20,27 @@ def _print_check(out: str | None) -> int:
     width = max(len(i.name) for i in items)
     for item in items:
         print(f"{'ok     ' if item.ok else 'MISSING'} {item.name:{width}}  {item.detail}")
+    print(_accel_line(image.default_boot_files_path() if out is None else out))
     bad = [i.name for i in items if not i.ok]
     if bad:
         print(f"missing or stale: {', '.join(bad)}; run `hcsshim uvm build`", file=sys.stderr)
         return 1
     return 0
+
+
+def _accel_line(boot_files: str) -> str:
+    """The QEMU a UVM would run on and the accelerator it would get, with the reason."""
+    import asyncio
+    import os
+
+    from hcsshim.hcs.qemu import accel
+    from hcsshim.hcs.qemu.system import QEMU_BINARY
+
+    kernel = os.path.join(boot_files, "vmlinux")
+    if not os.path.isfile(kernel):
+        kernel = os.path.join(boot_files, "kernel")
+    chosen = asyncio.run(accel.choose(QEMU_BINARY, kernel))
+    return f"qemu    {QEMU_BINARY} {chosen.qemu_version}; accel {chosen.spec} ({chosen.why})"
 
 
 def _cmd_build(ns: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +86,10 @@ class BridgeClient:
         self._ports = itertools.count(p.FIRST_IO_PORT)
         self._reader = asyncio.create_task(self._read_loop(), name="bridge-read")
         self.negotiated: Negotiated | None = None
+        # Set by whoever owns the VM: asked once per stall what the guest is doing when a call times
+        # out, so the error says whether the guest kernel or the agent is stuck.
+        self.on_timeout: Callable[[], Awaitable[str]] | None = None
+        self._diagnosis: tuple[float, asyncio.Future[str]] | None = None
 
     @classmethod
     async def connect(
@@ -203,7 +207,9 @@ class BridgeClient:
             t = self.timeout if timeout is None else timeout
             return await asyncio.wait_for(asyncio.shield(fut), t if t > 0 else None)
         except TimeoutError:
-            raise BridgeTimeoutError(f"guest {op} timed out after {timeout or self.timeout}s") from None
+            why = await self._diagnose_timeout()
+            message = f"guest {op} timed out after {timeout or self.timeout}s"
+            raise BridgeTimeoutError(f"{message}; {why}" if why else message) from None
         except ConnectionError as e:
             if isinstance(e, BridgeClosedError):
                 raise
@@ -222,6 +228,18 @@ class BridgeClient:
                 op, result, str(resp.get("ErrorMessage") or ""), list(resp.get("ErrorRecords") or [])
             )
         return resp
+
+    async def _diagnose_timeout(self, reuse: float = 2.0) -> str:
+        """The owner's diagnosis of a stall; calls that time out together share one."""
+        if self.on_timeout is None or self._failed is not None:
+            return ""
+        loop = asyncio.get_running_loop()
+        if self._diagnosis is None or loop.time() - self._diagnosis[0] > reuse:
+            self._diagnosis = (loop.time(), asyncio.ensure_future(self.on_timeout()))
+        try:
+            return await asyncio.shield(self._diagnosis[1])
+        except Exception as e:
+            return f"diagnosing the stall failed: {e}"
 
     # ---- RPCs ------------------------------------------------------------------------------
 

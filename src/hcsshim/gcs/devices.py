@@ -23,6 +23,11 @@ VPMEM_MOUNT_ROOT = "/run/mounts/vpmem"
 VIRTIO_MUX_PORT_NAME = "hcsshim.mux"
 VIRTIO_MUX_DEVICE = f"/dev/virtio-ports/{VIRTIO_MUX_PORT_NAME}"
 
+# Port forwarding (our extension): the host dials this mux port, sends one JSON line
+# {"NamespaceID": ..., "Port": N}, the guest answers "OK\n" or "ERR <why>\n" and relays the
+# channel to 127.0.0.1:N inside that pod network namespace.
+PORT_FORWARD_PORT = 0x40000100
+
 LCOW_ROOT = "/run/gcs/c"
 LCOW_POD_ROOT = "/run/gcs/pods"
 

@@ -98,6 +98,13 @@ NOTIFY_OOM = MsgType.NOTIFY | COMPUTE_SYSTEM | (0x100 << 8) | 1
 OOM_NOTIFICATIONS_REQUEST_KEY = "HcsshimOomNotifications"
 OOM_NOTIFICATIONS_CAPABILITY = "HcsshimOomNotificationsSupported"
 
+# Extensions (not upstream; an upstream peer ignores unknown JSON fields). The create response names
+# the container init's pid, which runc knows from create on (containerd expects a pid from Create).
+# A cgroup v2 guest adds its container's figures in containerd's cgroups v2 Metrics shape (proto field
+# names) beside upstream's v1-shaped LCOWMetrics.
+INIT_PROCESS_ID_KEY = "HcsshimInitProcessId"
+CGROUP_V2_METRICS_KEY = "HcsshimCgroupV2Metrics"
+
 
 def request_type(rpc: int) -> int:
     return MsgType.REQUEST | rpc

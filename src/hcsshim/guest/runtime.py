@@ -12,7 +12,7 @@ import shutil
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,14 +20,18 @@ from hcsshim.gcs import protocol as p
 from hcsshim.gcs.mux import MuxSession
 from hcsshim.gcs.protocol import GcsError, Hresult, NotificationType
 
-from . import log, oom, spec, stats, storage
+from . import log, network, oom, spec, stats, storage
 from .reaper import REAPER, spawn
 from .runc import Runc, Stdio
-from .stdio import Relay, dial_ports
+from .stdio import Relay, dial_ports, resize_tty
 from .syscalls import MNT_DETACH, is_mountpoint, mounts_under, umount
 
 LOG = log.get("runtime")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# How long an exited process's output may stay open (held by a descendant) before its exit is reported
+# anyway, as containerd's runc shim reports exits without waiting for stdio.
+OUTPUT_GRACE = 2.0
 
 Notify = Callable[[str, str], None]
 NotifyOom = Callable[[str, int], None]
@@ -46,6 +50,7 @@ class Process:
         self,
         on_exit: Callable[[Process, int], None] | None = None,
         before_exit: Callable[[Process], None] | None = None,
+        after_reap: Callable[[Process], Awaitable[None]] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.exited = loop.create_future()
@@ -53,8 +58,11 @@ class Process:
 
         async def finish() -> None:
             code = await raw
-            # The host must see all output before it learns the exit code, as upstream guarantees.
-            await self.relay.wait_outputs()
+            if after_reap is not None:
+                await after_reap(self)
+            # The host must see all output before it learns the exit code, as upstream guarantees;
+            # but a descendant that inherited the pipes must not hold the exit back forever.
+            await self.relay.wait_outputs(OUTPUT_GRACE)
             self.relay.close()
             if before_exit is not None:
                 before_exit(self)
@@ -93,6 +101,13 @@ class Container:
     def terminal(self) -> bool:
         return bool(self.spec.get("process", {}).get("terminal"))
 
+    @property
+    def owns_pid_namespace(self) -> bool:
+        """A private PID namespace dies with its init; otherwise (the UVM's namespace, or one joined
+        by path) the init's exit must take the container's other processes down, as runc's shim does."""
+        namespaces = self.spec.get("linux", {}).get("namespaces") or []
+        return any(n.get("type") == "pid" and not n.get("path") for n in namespaces)
+
 
 class Host:
     def __init__(
@@ -116,6 +131,7 @@ class Host:
         self.notify: Notify = lambda cid, kind: None
         self.notify_oom: NotifyOom = lambda cid, kills: None
         self.oom = oom.OomWatcher(lambda cid, kills: self.notify_oom(cid, kills), cgroup_root)
+        self.network = network.NetworkNamespaces(sysfs_root)
         self._lock = asyncio.Lock()
 
     # ---- containers -------------------------------------------------------------------------
@@ -149,20 +165,29 @@ class Host:
                 pod = spec.PodInfo(sid, sandbox.files_dir, sandbox.init.pid, sandbox.spec.get("hostname", ""))
             bundle = settings.get("OciBundlePath") or os.path.join(self.root, "c", cid)
             owns_bundle = not os.path.exists(os.path.join(bundle, "config.json"))
-            os.makedirs(bundle, exist_ok=True)
+            await asyncio.to_thread(os.makedirs, bundle, exist_ok=True)
             files_dir = pod.files_dir if pod is not None else os.path.join(bundle, "pod")
             shm_dir = ""
             try:
                 if kind == "sandbox":
                     shm_dir = os.path.join(files_dir, "shm")
-                    storage.mount_tmpfs(shm_dir, spec.shm_size_kb(oci))
+                    await asyncio.to_thread(storage.mount_tmpfs, shm_dir, spec.shm_size_kb(oci))
                 elif pod is not None:
                     shm_dir = os.path.join(pod.files_dir, "shm")
+                netns = ""
+                if kind != "container" and (ns_id := spec.network_namespace_id(oci)):
+                    netns = self.network.path_for(ns_id)
                 final = spec.adjust(
-                    oci, cid, kind, files_dir, pod=pod, shm_dir=shm_dir, cgroup_parent=self.cgroup_parent
+                    oci,
+                    cid,
+                    kind,
+                    files_dir,
+                    pod=pod,
+                    shm_dir=shm_dir,
+                    cgroup_parent=self.cgroup_parent,
+                    netns_path=netns,
                 )
-                with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as f:
-                    json.dump(final, f)
+                await asyncio.to_thread(_write_json, os.path.join(bundle, "config.json"), final)
                 terminal = bool(final["process"].get("terminal"))
                 stdio = None if terminal else Stdio.pipes(True, True, True)
                 try:
@@ -172,10 +197,11 @@ class Host:
                         stdio.close_all()
                     raise
             except BaseException:
-                if kind == "sandbox" and shm_dir and is_mountpoint(shm_dir):
-                    umount(shm_dir, MNT_DETACH)
-                if owns_bundle and settings.get("OciBundlePath") is None:
-                    shutil.rmtree(bundle, ignore_errors=True)
+                await asyncio.to_thread(
+                    _undo_create,
+                    shm_dir if kind == "sandbox" else "",
+                    bundle if owns_bundle and settings.get("OciBundlePath") is None else "",
+                )
                 raise
             init = Process(pid, None, is_init=True)
             c = Container(
@@ -195,7 +221,7 @@ class Host:
             init.container = c
             c.processes[pid] = init
             self.containers[cid] = c
-            init.watch(self._init_exited, self._init_exiting)
+            init.watch(self._init_exited, self._init_exiting, self._init_reaped)
             LOG.info("container created", extra={"cid": cid, "kind": kind, "pid": pid, "bundle": bundle})
             return c
 
@@ -205,6 +231,16 @@ class Host:
         assert proc.container is not None
         self.oom.check(proc.container.id)
         self.oom.unwatch(proc.container.id)
+
+    async def _init_reaped(self, proc: Process) -> None:
+        c = proc.container
+        assert c is not None
+        if c.owns_pid_namespace:
+            return
+        try:
+            await self.runc.kill(c.id, signal.SIGKILL, all_processes=True)
+        except GcsError as e:
+            LOG.info("kill of the remaining processes failed", extra={"cid": c.id, "error": str(e)})
 
     def _init_exited(self, proc: Process, code: int) -> None:
         c = proc.container
@@ -346,7 +382,13 @@ class Host:
                 c.exit_type = NotificationType.FORCED_EXIT
             elif sig == signal.SIGTERM:
                 c.exit_type = NotificationType.GRACEFUL_EXIT
-            await self.runc.kill(c.id, sig)
+            try:
+                await self.runc.kill(c.id, sig)
+            except GcsError as e:
+                # runc's words for an init that just exited, or a container removed underneath us.
+                if "not running" in str(e) or "does not exist" in str(e):
+                    raise GcsError(f"process {pid}: {e}", Hresult.ERROR_NOT_FOUND) from None
+                raise
             return
         try:
             os.kill(pid, sig)
@@ -354,8 +396,14 @@ class Host:
             raise GcsError(f"process {pid} not found", Hresult.ERROR_NOT_FOUND) from None
 
     def resize_console(self, cid: str, pid: int, height: int, width: int) -> None:
+        proc = self.process(cid, pid)
+        c = proc.container
         try:
-            self.process(cid, pid).relay.resize(height, width)
+            if c is not None and proc.is_init and c.master is not None:
+                # Created, not started: the console exists from runc create, as with runc's shim.
+                resize_tty(c.master, height, width)
+                return
+            proc.relay.resize(height, width)
         except OSError as e:
             raise GcsError(f"resize console of process {pid}: {e}", Hresult.E_INVALIDARG) from None
 
@@ -395,19 +443,23 @@ class Host:
             with contextlib.suppress(OSError):
                 os.close(c.master)
             c.master = None
-        if c.shm_dir:
-            for mp in mounts_under(c.shm_dir):
-                with contextlib.suppress(OSError):
-                    umount(mp, MNT_DETACH)
         self.oom.unwatch(cid)
-        stats.remove_cgroup_dirs(c.cgroups_path, self.cgroup_parent)
-        if c.scratch:
-            shutil.rmtree(c.scratch, ignore_errors=True)
-        self._remove_bundle(c)
+        # Unmounts and the removal of a scratch or bundle of any size stay off the event loop.
+        await asyncio.to_thread(self._remove_files, c)
         del self.containers[cid]
         LOG.info("container state deleted", extra={"cid": cid})
         if errors:
             raise GcsError("; ".join(errors))
+
+    def _remove_files(self, c: Container) -> None:
+        if c.shm_dir:
+            for mp in mounts_under(c.shm_dir):
+                with contextlib.suppress(OSError):
+                    umount(mp, MNT_DETACH)
+        stats.remove_cgroup_dirs(c.cgroups_path, self.cgroup_parent)
+        if c.scratch:
+            shutil.rmtree(c.scratch, ignore_errors=True)
+        self._remove_bundle(c)
 
     def _remove_bundle(self, c: Container) -> None:
         if mounts_under(c.bundle):
@@ -440,6 +492,9 @@ class Host:
                 props["ProcessList"] = [{"ProcessId": pid} for pid in pids]
             elif kind in ("Statistics", "Memory"):
                 props["LCOWMetrics"] = stats.metrics(c.cgroups_path)
+                v2 = stats.metrics_v2(c.cgroups_path)
+                if v2 is not None:
+                    props[p.CGROUP_V2_METRICS_KEY] = v2
         return props
 
     async def update_container(self, cid: str, resources: dict[str, Any]) -> None:
@@ -463,20 +518,23 @@ class Host:
             (p.ResourceType.MAPPED_VIRTUAL_DISK, "Add"): lambda: storage.add_mapped_virtual_disk(
                 settings, self.sysfs_root
             ),
-            (p.ResourceType.MAPPED_VIRTUAL_DISK, "Remove"): lambda: storage.remove_mount(settings),
-            (p.ResourceType.SCSI_DEVICE, "Remove"): lambda: storage.eject_scsi(settings, self.sysfs_root),
-            (p.ResourceType.VPMEM_DEVICE, "Add"): lambda: storage.add_vpmem(settings),
-            (p.ResourceType.VPMEM_DEVICE, "Remove"): lambda: storage.remove_mount(settings),
-            (p.ResourceType.MAPPED_DIRECTORY, "Add"): lambda: storage.add_plan9(settings),
-            (p.ResourceType.MAPPED_DIRECTORY, "Remove"): lambda: storage.remove_mount(settings),
-            (p.ResourceType.COMBINED_LAYERS, "Add"): lambda: storage.add_combined_layers(settings),
-            (p.ResourceType.COMBINED_LAYERS, "Remove"): lambda: storage.remove_combined_layers(settings),
-            (p.ResourceType.POD_CGROUP_MEMORY_LIMIT, "Update"): lambda: None,
-            # NICs are not hot-plugged into this guest yet; accepting keeps pod setup flowing.
-            (p.ResourceType.NETWORK, "Add"): lambda: LOG.warning(
-                "network adapter ignored", extra={"adapter": str(settings.get("ID", ""))}
+            # Mounts, unmounts and sysfs writes can block (a settling disk, a busy 9p export):
+            # they run in a thread so the bridge keeps answering meanwhile.
+            (p.ResourceType.MAPPED_VIRTUAL_DISK, "Remove"): lambda: _off_loop(storage.remove_mount, settings),
+            (p.ResourceType.SCSI_DEVICE, "Remove"): lambda: _off_loop(
+                storage.eject_scsi, settings, self.sysfs_root
             ),
-            (p.ResourceType.NETWORK, "Remove"): lambda: None,
+            (p.ResourceType.VPMEM_DEVICE, "Add"): lambda: _off_loop(storage.add_vpmem, settings),
+            (p.ResourceType.VPMEM_DEVICE, "Remove"): lambda: _off_loop(storage.remove_mount, settings),
+            (p.ResourceType.MAPPED_DIRECTORY, "Add"): lambda: _off_loop(storage.add_plan9, settings),
+            (p.ResourceType.MAPPED_DIRECTORY, "Remove"): lambda: _off_loop(storage.remove_mount, settings),
+            (p.ResourceType.COMBINED_LAYERS, "Add"): lambda: _off_loop(storage.add_combined_layers, settings),
+            (p.ResourceType.COMBINED_LAYERS, "Remove"): lambda: _off_loop(
+                storage.remove_combined_layers, settings
+            ),
+            (p.ResourceType.POD_CGROUP_MEMORY_LIMIT, "Update"): lambda: None,
+            (p.ResourceType.NETWORK, "Add"): lambda: self.network.add_adapter(settings),
+            (p.ResourceType.NETWORK, "Remove"): lambda: self.network.remove_adapter(settings),
         }
         handler = handlers.get((rtype, action))
         if handler is None:
@@ -514,6 +572,7 @@ class Host:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
         self.oom.close()
+        await self.network.close()
 
 
 def _task_stack(task: asyncio.Task[Any]) -> list[str]:
@@ -546,3 +605,20 @@ def _spawn_in(
         return spawn(args, stdin=fd0, stdout=fd1, stderr=fd2, env=env, setsid=setsid)
     finally:
         os.chdir(old)
+
+
+def _off_loop(func: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+    return asyncio.to_thread(func, *args)
+
+
+def _write_json(path: str, value: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f)
+
+
+def _undo_create(shm_dir: str, bundle: str) -> None:
+    """What a failed create leaves: the sandbox's /dev/shm mount and a bundle it made itself."""
+    if shm_dir and is_mountpoint(shm_dir):
+        umount(shm_dir, MNT_DETACH)
+    if bundle:
+        shutil.rmtree(bundle, ignore_errors=True)

@@ -16,7 +16,7 @@ from hcsshim.gcs import protocol as p
 from hcsshim.gcs.mux import Channel, MuxSession
 from hcsshim.gcs.protocol import GcsError, Hresult, Rpc
 
-from . import log
+from . import log, portforward
 from .runtime import Host
 
 LOG = log.get("bridge")
@@ -56,6 +56,12 @@ class BridgeServer:
         }
 
     async def serve_forever(self, redial_delay: float = 0.2) -> None:
+        # Port forwarding into pod namespaces (guest/portforward.py), before the host can ask for it.
+        network = getattr(self.host, "network", None)
+        if network is not None:
+            forwarder = asyncio.create_task(portforward.serve(self.session, network))
+            self._tasks.add(forwarder)
+            forwarder.add_done_callback(self._tasks.discard)
         while not self.session.closed and not self.shutdown_requested.is_set():
             try:
                 # Short timeout: an OPEN written before the host end of a virtio port connected is lost.
@@ -185,8 +191,8 @@ class BridgeServer:
             raise GcsError("ContainerConfig is not an object", Hresult.VMCOMPUTE_INVALID_JSON)
         if cid == p.NULL_CONTAINER_ID:
             return {}  # the UVM "create" (UvmConfig) is accepted and ignored, as the Linux GCS does
-        await self.host.create_container(cid, config)
-        return {"SelectedProtocolVersion": p.PROTOCOL_VERSION}
+        c = await self.host.create_container(cid, config)
+        return {"SelectedProtocolVersion": p.PROTOCOL_VERSION, p.INIT_PROCESS_ID_KEY: c.init.pid}
 
     async def _start(self, body: dict[str, Any]) -> dict[str, Any]:
         return {}

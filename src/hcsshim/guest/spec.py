@@ -78,6 +78,13 @@ def write_pod_files(files_dir: str, hostname: str) -> None:
         f.write(resolv)
 
 
+def network_namespace_id(spec: dict[str, Any]) -> str:
+    """The pod namespace the host named (hcsshim: ``windows.network.networkNamespace``), lower-cased."""
+    windows = spec.get("windows")
+    net = windows.get("network") if isinstance(windows, dict) else None
+    return str(net.get("networkNamespace") or "").lower() if isinstance(net, dict) else ""
+
+
 def shm_size_kb(spec: dict[str, Any]) -> int:
     raw = (spec.get("annotations") or {}).get(SHM_SIZE_ANNOTATION, "")
     try:
@@ -115,6 +122,7 @@ def adjust(
     pod: PodInfo | None = None,
     shm_dir: str = "",
     cgroup_parent: str = "",
+    netns_path: str = "",
 ) -> dict[str, Any]:
     """Return the spec runc should see. ``files_dir`` holds this container's (or pod's) files."""
     spec = dict(spec)
@@ -137,7 +145,10 @@ def adjust(
         spec["hostname"] = hostname
         for ns in SHARED_NAMESPACES:
             existing = [n for n in linux.get("namespaces") or [] if n.get("type") == ns]
-            if not existing:
+            if ns == "network" and (netns_path or any(n.get("path") for n in existing)):
+                # The pod's namespace in the guest; a path from the host never names one here.
+                _set_namespace(spec, ns, netns_path)
+            elif not existing:
                 _set_namespace(spec, ns)
         write_pod_files(files_dir, hostname)
 

@@ -78,6 +78,43 @@ def _metrics_v2(d: str) -> dict[str, Any]:
     }
 
 
+# memory.stat keys that are fields of containerd's cgroups v2 MemoryStat under the same name.
+_V2_MEMORY_FIELDS = (
+    "anon", "file", "kernel_stack", "slab", "sock", "shmem", "file_mapped", "file_dirty",
+    "file_writeback", "anon_thp", "inactive_anon", "active_anon", "inactive_file", "active_file",
+    "unevictable", "slab_reclaimable", "slab_unreclaimable", "pgfault", "pgmajfault",
+    "workingset_refault", "workingset_activate", "workingset_nodereclaim", "pgrefill", "pgscan",
+    "pgsteal", "pgactivate", "pgdeactivate", "pglazyfree", "pglazyfreed", "thp_fault_alloc",
+    "thp_collapse_alloc",
+)  # fmt: skip
+_MAX_U64 = 2**64 - 1
+
+
+def metrics_v2(cgroups_path: str, root: str = CGROUP_ROOT) -> dict[str, Any] | None:
+    """containerd's cgroups v2 Metrics (JSON with proto field names), or None on a cgroup v1 system."""
+    if not is_cgroup2(root):
+        return None
+    d = os.path.join(root, cgroups_path.strip("/"))
+    mem_stat = _kv(os.path.join(d, "memory.stat"))
+    cpu_stat = _kv(os.path.join(d, "cpu.stat"))
+    memory: dict[str, int] = {k: mem_stat[k] for k in _V2_MEMORY_FIELDS if mem_stat.get(k, 0) > 0}
+    memory["usage"] = _int(os.path.join(d, "memory.current")) or 0
+    memory["usage_limit"] = _int(os.path.join(d, "memory.max")) or _MAX_U64
+    memory["swap_usage"] = _int(os.path.join(d, "memory.swap.current")) or 0
+    memory["swap_limit"] = _int(os.path.join(d, "memory.swap.max")) or _MAX_U64
+    cpu_fields = ("usage_usec", "user_usec", "system_usec", "nr_periods", "nr_throttled", "throttled_usec")
+    events = _kv(os.path.join(d, "memory.events"))
+    return {
+        "pids": {
+            "current": _int(os.path.join(d, "pids.current")) or 0,
+            "limit": _int(os.path.join(d, "pids.max")) or 0,
+        },
+        "cpu": {k: cpu_stat.get(k, 0) for k in cpu_fields},
+        "memory": memory,
+        "memory_events": {k: events.get(k, 0) for k in ("low", "high", "max", "oom", "oom_kill")},
+    }
+
+
 def _metrics_v1(root: str, rel: str) -> dict[str, Any]:
     mem = os.path.join(root, "memory", rel)
     cpuacct = os.path.join(root, "cpuacct", rel)

@@ -21,6 +21,11 @@ def _mkdir(path: str) -> None:
     os.makedirs(path, exist_ok=True)
 
 
+def _touch(path: str) -> None:
+    with open(path, "a"):
+        pass
+
+
 def _require(settings: dict[str, Any], key: str) -> Any:
     value = settings.get(key)
     if value in (None, ""):
@@ -120,7 +125,8 @@ async def mount_retrying(
     """mount(2), retried a few times on ENXIO (a disk that answered open but is still settling)."""
     for attempt in range(MOUNT_RETRIES):
         try:
-            mount(source, target, fstype, flags, data)
+            # A disk that is still settling can hold mount(2) for a while: keep it off the loop.
+            await asyncio.to_thread(mount, source, target, fstype, flags, data)
             return
         except OSError as e:
             if e.errno != errno.ENXIO or attempt == MOUNT_RETRIES - 1:
@@ -144,11 +150,10 @@ async def add_mapped_virtual_disk(
     what = f"SCSI disk controller={controller} lun={lun} ({dev})"
     read_only = bool(settings.get("ReadOnly"))
     if settings.get("BlockDev"):
-        with open(target, "a"):
-            pass
+        await asyncio.to_thread(_touch, target)
         await mount_retrying(dev, target, "", MS_BIND, "", what)
         return
-    _mkdir(target)
+    await asyncio.to_thread(_mkdir, target)
     fstype = settings.get("Filesystem") or "ext4"
     options = [o for o in settings.get("Options") or [] if o]
     await mount_retrying(dev, target, fstype, MS_RDONLY if read_only else 0, ",".join(options), what)

@@ -26,7 +26,14 @@ from hcsshim.hcs.errors import (
     is_already_stopped,
     is_not_exist,
 )
-from hcsshim.hcs.system import ComputeSystem, Document, ExitInfo, SystemState, document_to_dict
+from hcsshim.hcs.system import (
+    ComputeSystem,
+    Document,
+    ExitInfo,
+    StallDiagnosis,
+    SystemState,
+    document_to_dict,
+)
 
 Creator = Callable[[str, Document], Awaitable[ComputeSystem]]
 Opener = Callable[[str], ComputeSystem]
@@ -92,6 +99,7 @@ __all__ = [
     "ExitInfo",
     "HResult",
     "HcsError",
+    "StallDiagnosis",
     "SystemState",
     "create_compute_system",
     "default_backend",

@@ -32,6 +32,19 @@ class ExitInfo:
         return self.error is not None
 
 
+@dataclass(frozen=True)
+class StallDiagnosis:
+    """What a backend can tell about a running guest that stopped answering.
+
+    `kernel` is "stuck" (the guest kernel reports a lockup or stall, or does not react at all),
+    "alive" (it answered a task dump: the hang is in user space, e.g. the agent), or "unknown"."""
+
+    kernel: str
+    verdict: str
+    console_tail: str = ""
+    task_dump: str = ""
+
+
 class _ToDict(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -88,6 +101,10 @@ class ComputeSystem(abc.ABC):
 
     @abc.abstractmethod
     async def wait(self) -> ExitInfo: ...
+
+    async def diagnose_stall(self) -> StallDiagnosis:
+        """Look into a live guest that stopped answering; backends that can, override this."""
+        return StallDiagnosis("unknown", f"the {type(self).__name__} backend cannot inspect a running guest")
 
     @property
     @abc.abstractmethod

@@ -135,15 +135,30 @@ async def create_uvm(uvm_id: str, spec: dict[str, Any], options: runhcs_pb2.Opti
         module, _, name = override.partition(":")
         factory: HostFactory = getattr(importlib.import_module(module), name)
         return await factory(uvm_id, spec, options)
+    from hcsshim.shim import network
     from hcsshim.uvm import UtilityVM
 
-    document = build_uvm_document(uvm_id, spec, options)
-    vm = await UtilityVM.create(uvm_id, document)
+    # Read CNI's netns before booting: a missing or empty one fails the pod with no VM started.
+    pod_net = await network.open_pod_network(spec)
+    try:
+        document = build_uvm_document(uvm_id, spec, options)
+        vm = await UtilityVM.create(uvm_id, document)
+    except BaseException:
+        if pod_net is not None:
+            await pod_net.release()
+        raise
     try:
         await vm.start()
+        if pod_net is not None:
+            await pod_net.attach(vm)
+            await pod_net.start_port_forward(network.port_forward_dialer(vm))
     except BaseException:
         await vm.terminate()
+        if pod_net is not None:
+            await pod_net.release()
         raise
+    if pod_net is not None:
+        network.register(vm.id, pod_net)
     return vm
 
 

@@ -104,7 +104,7 @@ class LocalHost:
             await self._exit
         await self.client.close()
         await self.session.aclose("agent stopped")
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self.workdir, ignore_errors=True)
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exit)

@@ -312,6 +312,14 @@ def run(
     """(exit code, stdout bytes, stderr text) for start/delete; serve is handled by the server module."""
     if flags.version:
         return 0, version_text(kind).encode(), ""
+    if flags.info:
+        from hcsshim.shim.info import InfoError, runtime_info
+
+        data = b"".join(stdin) if stdin is not None else sys.stdin.buffer.read()
+        try:
+            return 0, runtime_info(kind, data), ""
+        except InfoError as exc:
+            return 1, b"", f"{kind.binary}: {exc}\n"
     action = flags.action
     try:
         if action == "start":

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hcsshim.gcs.protocol import NotificationType
+from hcsshim.shim import network
 from hcsshim.shim.host import Host
 from hcsshim.shim.process import State
 from hcsshim.shim.spec import Role
@@ -104,8 +105,10 @@ class Pod:
         self._watch.cancel()
         with contextlib.suppress(BaseException):
             await self._watch
+        await network.detach(self.host)
         try:
             await self.host.terminate()
         except Exception as exc:
             log.warning("uvm terminate failed", extra={"pod": self.id, "error": exc})
+        await network.release(self.host)
         log.info("uvm terminated", extra={"pod": self.id})

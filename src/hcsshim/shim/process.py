@@ -16,12 +16,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hcsshim import errdefs
+from hcsshim.gcs.protocol import GcsError, Hresult
 from hcsshim.shim.host import Bridge
 from hcsshim.shim.io import ProcessIO
 
 log = logging.getLogger("hcsshim.shim.process")
 
 UNKNOWN_EXIT = 255
+ALREADY_FINISHED = "process already finished: not found"
+# What a guest answers for a process or container it does not have (any more).
+NOT_FOUND_RESULTS = frozenset(
+    h & 0xFFFFFFFF for h in (Hresult.ERROR_NOT_FOUND, Hresult.VMCOMPUTE_SYSTEM_NOT_FOUND)
+)
 OUTPUT_DRAIN_TIMEOUT = 5.0
 
 
@@ -37,6 +44,7 @@ class ProcessError(Exception):
     def __init__(self, message: str, *, not_found: bool = False) -> None:
         super().__init__(message)
         self.not_found = not_found
+        self.kind = errdefs.Kind.NOT_FOUND if not_found else errdefs.Kind.FAILED_PRECONDITION
 
 
 ExitCallback = Callable[["Process"], None]
@@ -67,6 +75,9 @@ class Process:
         self._exited = asyncio.Event()
         self._waiter: asyncio.Task[None] | None = None
         self._bridge: Bridge | None = None
+        # The bridge the (init's) container was created through, before Start; set by the task.
+        self._create_bridge: Bridge | None = None
+        self._pending_size: tuple[int, int] | None = None
 
     @property
     def is_init(self) -> bool:
@@ -75,6 +86,10 @@ class Process:
     @property
     def terminal(self) -> bool:
         return self.io.terminal
+
+    def created_in(self, bridge: Bridge) -> None:
+        """The init's container exists in the guest (its console too): resizes may go there."""
+        self._create_bridge = bridge
 
     async def start(self, bridge: Bridge, before_wait: Callable[[Process], None] | None = None) -> int:
         """Start in the guest; ``before_wait`` runs once the pid is known and before exit handling
@@ -89,6 +104,13 @@ class Process:
         self.pid = int(guest.pid)
         self.io.attach(guest)
         self.state = State.RUNNING
+        if self._pending_size is not None:
+            width, height = self._pending_size
+            self._pending_size = None
+            try:
+                await bridge.resize_console(self.container_id, self.pid, height, width)
+            except GcsError as exc:
+                log.warning("resize after start failed", extra={"proc": self.describe(), "error": exc})
         if before_wait is not None:
             before_wait(self)
         self._waiter = asyncio.create_task(self._wait_exit(bridge), name=f"wait {self.describe()}")
@@ -129,21 +151,40 @@ class Process:
         await self._exited.wait()
 
     async def kill(self, signal: int) -> None:
+        # The answers of containerd's runc shim (pkg/process): errdefs NotFound once the process is
+        # gone, FailedPrecondition for an exec that was never started.
         if self.state is State.STOPPED:
-            raise ProcessError("process already finished", not_found=True)
+            raise ProcessError(ALREADY_FINISHED, not_found=True)
         if self.state is State.CREATED:
-            # Never started: nothing runs in the guest for an exec; for init the created container is
-            # removed when the task is deleted. Report it as killed by the signal, as runc would.
+            if not self.is_init:
+                raise ProcessError(f"process {self.describe()}: process not created")
+            # The created container is removed when the task is deleted. Report it as killed by the
+            # signal, as runc would.
             self.set_exited(128 + signal)
             return
         assert self._bridge is not None
-        await self._bridge.signal_process(self.container_id, self.pid, signal)
+        try:
+            await self._bridge.signal_process(self.container_id, self.pid, signal)
+        except GcsError as exc:
+            if exc.result & 0xFFFFFFFF in NOT_FOUND_RESULTS:
+                # Exited in the guest, exit not yet seen here; or its container was removed under us.
+                raise ProcessError(f"{ALREADY_FINISHED} ({exc})", not_found=True) from exc
+            raise
 
     async def resize(self, width: int, height: int) -> None:
-        if self.state is not State.RUNNING or self._bridge is None:
-            raise ProcessError(f"process {self.describe()} is not running")
         if not self.terminal:
             raise ProcessError(f"process {self.describe()} has no terminal")
+        if self.state is State.STOPPED:
+            raise ProcessError(ALREADY_FINISHED, not_found=True)
+        if self.state is State.CREATED:
+            # runc's shim accepts a resize before Start (the console exists from Create): the guest
+            # has the init's console from Create on; an exec's is applied when it starts.
+            self._pending_size = (width, height)
+            if self.is_init and self.pid and self._create_bridge is not None:
+                await self._create_bridge.resize_console(self.container_id, self.pid, height, width)
+                self._pending_size = None
+            return
+        assert self._bridge is not None
         await self._bridge.resize_console(self.container_id, self.pid, height, width)
 
     def close_stdin(self) -> None:

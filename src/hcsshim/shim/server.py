@@ -19,6 +19,7 @@ from hcsshim.shim import logs
 from hcsshim.shim.flags import Flags
 from hcsshim.shim.kind import RUNHCS_V1, ShimKind
 from hcsshim.shim.options import decode_start_input, log_level
+from hcsshim.shim.service_diag import DiagService
 from hcsshim.shim.service_task import TaskService
 from hcsshim.ttrpc import Server
 from hcsshim.ttrpc.address import socket_address
@@ -74,6 +75,7 @@ async def _serve(flags: Flags, stdin_data: bytes, kind: ShimKind) -> int:
     )
     server = Server()
     service.register(server)
+    DiagService(lambda: service.pod).register(server)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -20,26 +20,30 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from google.protobuf import any_pb2, empty_pb2, json_format, timestamp_pb2
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from hcsshim.annotations import AnnotationError
-from hcsshim.api.cgroups.v1 import metrics_pb2
 from hcsshim.api.containerd.events import task_pb2 as events
+from hcsshim.api.containerd.runc.options import oci_pb2 as runc_options
 from hcsshim.api.containerd.task.v2 import shim_pb2 as v2
 from hcsshim.api.containerd.task.v3 import shim_pb2 as v3
 from hcsshim.api.containerd.types.task import task_pb2 as task_types
 from hcsshim.api.runhcs.options import runhcs_pb2
-from hcsshim.api.runhcs.stats import stats_pb2
+from hcsshim.network import NetworkError
+from hcsshim.shim import cgroup
+from hcsshim.shim.cgroup import shim_cgroup
 from hcsshim.shim.host import HostFactory
 from hcsshim.shim.io import ProcessIO
 from hcsshim.shim.options import options_from_any
 from hcsshim.shim.pod import Pod, PodError
-from hcsshim.shim.process import Process, ProcessError, State
+from hcsshim.shim.process import Process, State
 from hcsshim.shim.rootfs import MountSpec
 from hcsshim.shim.spec import SpecError, read_spec, role_and_sandbox
+from hcsshim.shim.stats import container_metrics
 from hcsshim.shim.task import Task
 from hcsshim.ttrpc import Code, Context, MethodTable, Server, TtrpcError
+from hcsshim.ttrpc.status import from_exception
 
 log = logging.getLogger("hcsshim.shim.task_service")
 
@@ -64,16 +68,13 @@ def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp:
 
 
 def _map_errors(exc: Exception) -> TtrpcError:
-    if isinstance(exc, TtrpcError):
-        return exc
-    if isinstance(exc, ProcessError):
-        return TtrpcError(Code.NOT_FOUND if exc.not_found else Code.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, (SpecError, AnnotationError)):
         # The caller's input is wrong (config.json, an annotation): containerd shows it as such.
         return TtrpcError(Code.INVALID_ARGUMENT, str(exc))
-    if isinstance(exc, PodError):
+    if isinstance(exc, (PodError, NetworkError)):
         return TtrpcError(Code.FAILED_PRECONDITION, str(exc))
-    return TtrpcError(Code.UNKNOWN, str(exc) or type(exc).__name__)
+    # Everything else keeps the kind its layer gave it (errdefs), mapped in one place.
+    return from_exception(exc)
 
 
 class TaskService:
@@ -179,10 +180,18 @@ class TaskService:
         async with self._lock:
             if self.pod is not None and req.id in self.pod.tasks:
                 raise TtrpcError(Code.ALREADY_EXISTS, f"task {req.id}: already exists")
-            spec = read_spec(req.bundle)
+            spec = await asyncio.to_thread(read_spec, req.bundle)
             role, sandbox_id = role_and_sandbox(spec, req.id)
             options = options_from_any(req.options if req.HasField("options") else None)
             options = options or self.default_options
+            cgroup_path = shim_cgroup(req.options if req.HasField("options") else None)
+            if cgroup_path and self.pod is None:
+                try:
+                    # Before anything else runs in this shim, so QEMU or the agent start there too.
+                    joined = await asyncio.to_thread(cgroup.join, cgroup_path)
+                except cgroup.ShimCgroupError as exc:
+                    raise TtrpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
+                log.info("shim joined its cgroup", extra={"cgroup": cgroup_path, "dirs": joined})
             process_spec = spec.get("process") or {}
             terminal = bool(req.terminal or process_spec.get("terminal"))
             io = ProcessIO(req.stdin, req.stdout, req.stderr, terminal)
@@ -348,7 +357,9 @@ class TaskService:
             info = task_types.ProcessInfo(pid=pid)
             exec_id = by_pid.get(pid)
             if exec_id:
-                details = runhcs_pb2.ProcessDetails(exec_id=exec_id, process_id=pid)
+                # runc's type: containerd on Linux (ctr task ps, CRI) decodes it; runhcs's is a
+                # Windows-only registration and makes ``ctr task ps`` fail.
+                details = runc_options.ProcessDetails(exec_id=exec_id)
                 info.info.CopyFrom(
                     any_pb2.Any(type_url=details.DESCRIPTOR.full_name, value=details.SerializeToString())
                 )
@@ -399,11 +410,7 @@ class TaskService:
     async def stats(self, ctx: Context, req: v2.StatsRequest) -> v2.StatsResponse:
         task = self._task(req.id)
         props = await task.host.bridge.get_properties(req.id, ["Statistics"])
-        metrics = metrics_pb2.Metrics()
-        json_format.ParseDict(props.get("LCOWMetrics") or {}, metrics, ignore_unknown_fields=True)
-        stats = stats_pb2.Statistics(linux=metrics)
-        packed = any_pb2.Any(type_url=stats.DESCRIPTOR.full_name, value=stats.SerializeToString())
-        return v2.StatsResponse(stats=packed)
+        return v2.StatsResponse(stats=container_metrics(props))
 
     async def connect(self, ctx: Context, req: v2.ConnectRequest) -> v2.ConnectResponse:
         task = self.pod.tasks.get(req.id) if self.pod is not None else None

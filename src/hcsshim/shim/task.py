@@ -8,22 +8,28 @@ share. Delete undoes all of it in reverse order.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from hcsshim.gcs.protocol import INIT_PROCESS_ID_KEY
 from hcsshim.shim.host import Host, container_document
 from hcsshim.shim.io import ProcessIO
+from hcsshim.shim.lcow_rootfs import LcowRootfs, find_layers
+from hcsshim.shim.network import guest_spec
 from hcsshim.shim.process import Process, ProcessError, State
 from hcsshim.shim.rootfs import MountSpec, mount_all, unmount
 from hcsshim.shim.spec import Role
 
 log = logging.getLogger("hcsshim.shim.task")
 
-# Pod-wide files the guest provides itself; CRI's host-side copies would not exist in the UVM.
-GUEST_PROVIDED = frozenset({"/etc/hosts", "/etc/resolv.conf", "/etc/hostname", "/dev/shm"})
+# The pod's /dev/shm is a tmpfs in the guest. CRI's /etc/hosts, /etc/resolv.conf and /etc/hostname
+# are shared like any other bind mount, so containers see the files CRI wrote for the pod.
+GUEST_PROVIDED = frozenset({"/dev/shm"})
+CRI_POD_FILES = frozenset({"/etc/hosts", "/etc/resolv.conf", "/etc/hostname"})
 
 
 class Task:
@@ -49,6 +55,7 @@ class Task:
         self.init = Process(task_id, "", init_io, on_exit=on_exit, reason_source=host.exit_reason)
         self.execs: dict[str, Process] = {}
         self._rootfs_target = ""
+        self._lcow: LcowRootfs | None = None
         self._shares: list[str] = []
         self.created = False
         # An OOM kill reported before TaskStart went out; published right after it.
@@ -62,21 +69,31 @@ class Task:
             spec = await self._share_bind_mounts(self.spec)
             # Hosts that are not UVMs (the local agent) adjust the spec and place bundles themselves.
             adjust = getattr(self.host, "adjust_spec", None)
-            if adjust is not None:
-                spec = adjust(spec)
+            # A UVM's guest joins its own pod netns, never the host's path.
+            spec = adjust(spec) if adjust is not None else guest_spec(spec)
             bundle_root = str(getattr(self.host, "bundle_root", "") or "")
             bundle = f"{bundle_root}/{self.id}" if bundle_root else ""
             document = container_document(self.id, spec, root_guest, bundle)
-            await self.host.bridge.create_container(self.id, document)
+            response = await self.host.bridge.create_container(self.id, document)
             self.created = True
+            # Our guest names the init's pid from Create on (runc created it); containerd wants it.
+            pid = response.get(INIT_PROCESS_ID_KEY) if isinstance(response, dict) else None
+            self.init.pid = int(pid or 0)
+            self.init.created_in(self.host.bridge)
         except BaseException:
             await self._release()
             raise
 
     async def _share_rootfs(self, rootfs: Sequence[MountSpec]) -> str:
+        layers = await find_layers(rootfs)
+        if layers is not None:
+            # lcow snapshotter: disks into the UVM, overlay in the guest, nothing on the host.
+            self._lcow = LcowRootfs(self.host, self.id)
+            bundle_root = str(getattr(self.host, "bundle_root", "") or "")
+            return await self._lcow.attach(layers, f"{bundle_root}/{self.id}" if bundle_root else "")
         if rootfs:
             target = os.path.join(self.bundle, "rootfs")
-            mount_all(rootfs, target)
+            await asyncio.to_thread(mount_all, rootfs, target)
             self._rootfs_target = target
         else:
             # No snapshot (e.g. ``ctr run --rootfs``): the spec's root path, relative to the bundle.
@@ -99,7 +116,9 @@ class Task:
                 continue
             if not os.path.exists(source):
                 raise ProcessError(f"bind mount source {source} does not exist on the host")
-            read_only = "ro" in options
+            # CRI's pod files share one directory that the sandbox binds read-only and containers
+            # read-write; the share is read-write and each bind mount keeps its own "ro".
+            read_only = "ro" in options and m.get("destination") not in CRI_POD_FILES
             shared = source if os.path.isdir(source) else os.path.dirname(source)
             guest_dir = await self.host.add_plan9(shared, read_only=read_only)
             self._shares.append(shared)
@@ -108,13 +127,16 @@ class Task:
         return {**spec, "mounts": mounts}
 
     async def _release(self) -> None:
+        if self._lcow is not None:
+            await self._lcow.release()
+            self._lcow = None
         for path in reversed(self._shares):
             with contextlib.suppress(Exception):
                 await self.host.remove_plan9(path)
         self._shares.clear()
         if self._rootfs_target:
             try:
-                unmount(self._rootfs_target)
+                await asyncio.to_thread(unmount, self._rootfs_target)
             except OSError as exc:
                 log.warning("rootfs unmount failed", extra={"task": self.id, "error": exc})
             self._rootfs_target = ""

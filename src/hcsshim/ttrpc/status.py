@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 
+from hcsshim import errdefs
 from hcsshim.api.google.rpc import status_pb2
 
 
@@ -35,6 +36,19 @@ class Code(enum.IntEnum):
             return cls.UNKNOWN
 
 
+KIND_CODES: dict[errdefs.Kind, Code] = {
+    errdefs.Kind.NOT_FOUND: Code.NOT_FOUND,
+    errdefs.Kind.ALREADY_EXISTS: Code.ALREADY_EXISTS,
+    errdefs.Kind.FAILED_PRECONDITION: Code.FAILED_PRECONDITION,
+    errdefs.Kind.UNAVAILABLE: Code.UNAVAILABLE,
+    errdefs.Kind.DEADLINE_EXCEEDED: Code.DEADLINE_EXCEEDED,
+    errdefs.Kind.INVALID_ARGUMENT: Code.INVALID_ARGUMENT,
+    errdefs.Kind.NOT_IMPLEMENTED: Code.UNIMPLEMENTED,
+    errdefs.Kind.UNKNOWN: Code.UNKNOWN,
+}
+_CODE_KINDS = {code: kind for kind, code in KIND_CODES.items()}
+
+
 class TtrpcError(Exception):
     """An RPC failed with a status code; raised by the client, and raised by handlers to answer one."""
 
@@ -42,6 +56,10 @@ class TtrpcError(Exception):
         self.code = Code.from_int(int(code))
         self.message = message
         super().__init__(f"{self.code.name}: {message}" if message else self.code.name)
+
+    @property
+    def kind(self) -> errdefs.Kind:
+        return _CODE_KINDS.get(self.code, errdefs.Kind.UNKNOWN)
 
     def to_status(self) -> status_pb2.Status:
         return status_pb2.Status(code=int(self.code), message=self.message)
@@ -57,3 +75,10 @@ class ConnectionClosedError(TtrpcError):
     def __init__(self, reason: str = "") -> None:
         super().__init__(Code.UNAVAILABLE, f"ttrpc: closed{': ' + reason if reason else ''}")
         self.reason = reason
+
+
+def from_exception(exc: BaseException) -> TtrpcError:
+    """The one mapping from an error of any layer to the status a ttrpc caller sees."""
+    if isinstance(exc, TtrpcError):
+        return exc
+    return TtrpcError(KIND_CODES[errdefs.kind_of(exc)], str(exc) or type(exc).__name__)

@@ -3,20 +3,22 @@ minimal schema2 document built here from the boot files directory."""
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Any
 
+# Imported here, not on first use: a first use inside a running event loop would hold it for the
+# ~0.3 s the builder and schema modules take to import.
+from hcsshim.builder.lcow_v2 import build_lcow_uvm_v2
+from hcsshim.builder.options import BootFiles
 from hcsshim.hcs.qemu.config import SCSI_CONTROLLER_GUIDS
+
+ENV_BOOT_FILES = "HCSSHIM_BOOT_FILES"
+DEFAULT_BOOT_FILES = "/var/cache/hcsshim/uvm"
 
 
 def boot_files_path() -> str:
-    try:
-        # Owned by the image module; imported by name so this works before and after it exists.
-        image = importlib.import_module("hcsshim.uvm.image")
-        return str(image.default_boot_files_path())
-    except (ImportError, AttributeError):
-        return os.environ.get("HCSSHIM_BOOT_FILES", "/var/cache/hcsshim/uvm")
+    """Where `hcsshim uvm build` puts the boot files (the image builder uses the same)."""
+    return os.environ.get(ENV_BOOT_FILES) or DEFAULT_BOOT_FILES
 
 
 def minimal_lcow_document(
@@ -67,9 +69,6 @@ def minimal_lcow_document(
 def default_lcow_document(owner: str, annotations: dict[str, str] | None = None) -> Any:
     """The builder's V2 document for a default sandbox (annotations honoured) over the boot files
     directory as it is now."""
-    from hcsshim.builder.lcow_v2 import build_lcow_uvm_v2
-    from hcsshim.builder.options import BootFiles
-
     root = boot_files_path()
     if os.path.isdir(root):
         boot = BootFiles(root, frozenset(os.listdir(root)))

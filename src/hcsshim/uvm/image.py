@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from hcsshim.layers import vhd
 from hcsshim.layers.ext4 import Ext4Error, make_ext4
 from hcsshim.uvm import image_cpio, image_deps, image_init
+from hcsshim.uvm.document import ENV_BOOT_FILES as ENV_BOOT_FILES
+from hcsshim.uvm.document import boot_files_path
 
 BUILDER_VERSION = "4"
-ENV_BOOT_FILES = "HCSSHIM_BOOT_FILES"
-DEFAULT_BOOT_FILES = "/var/cache/hcsshim/uvm"
 
 # linux-image-cloud-amd64 has no 9p (CONFIG_NET_9P is not set), and Plan9 shares are part of the
 # contract; the generic flavour has every module we need and a smaller vmlinuz.
@@ -77,6 +77,7 @@ GUEST_MODULES = (
     "crc32c_generic",  # ext4 asks the crypto API for crc32c at mount time; not a modules.dep dependency
     "ext4",
     "vmw_vsock_virtio_transport",
+    "virtio_net",  # pod NICs (hot-added)
 )
 # Loaded before the agent starts even with hcsshim.modules=async: the mux port and the entropy source.
 EARLY_MODULES = ("virtio_pci", "virtio_console", "virtio_rng")
@@ -105,7 +106,7 @@ Progress = Callable[[str], None]
 
 
 def default_boot_files_path() -> str:
-    return os.environ.get(ENV_BOOT_FILES) or DEFAULT_BOOT_FILES
+    return boot_files_path()
 
 
 def _default_progress(msg: str) -> None:

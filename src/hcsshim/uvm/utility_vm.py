@@ -141,6 +141,7 @@ class UtilityVM:
             bridge_listener.close()
         if connect.done() and not connect.cancelled() and connect.exception() is None:
             self._bridge = connect.result()
+            self._bridge.on_timeout = self.diagnose_stall
             log.info("uvm ready", extra={"id": self.id})
             return
         err = connect.exception() if connect.done() and not connect.cancelled() else None
@@ -161,6 +162,13 @@ class UtilityVM:
             f"waiting for the guest agent to dial and negotiate the bridge {what} "
             f"(mux port 0x{BRIDGE_PORT:x} over {address}); console tail: {console[-600:]!r}",
         ) from err
+
+    async def diagnose_stall(self) -> str:
+        """Why a bridge call to this VM timed out, as the compute system sees the guest."""
+        if self.system.exit_info is not None:
+            return ""  # a dead VM fails the bridge with its exit reason instead
+        diagnosis = await self.system.diagnose_stall()
+        return diagnosis.verdict
 
     def _console_tail(self) -> str:
         path = getattr(getattr(self.system, "paths", None), "console", "")
@@ -372,6 +380,37 @@ class UtilityVM:
                 }
             )
             del self.plan9.by_path[host_path]
+
+    # ---- network adapters --------------------------------------------------------------------------
+
+    async def add_network_adapter(
+        self, nic_id: str, host_settings: dict[str, Any], guest_settings: dict[str, Any]
+    ) -> None:
+        """Hot-add a NIC (host half: NetworkAdapter settings, for qemu with its ``Tap``), then tell the
+        guest (LCOWNetworkAdapter) to configure it; the host half is undone if the guest fails."""
+        host = {"ResourcePath": f"VirtualMachine/Devices/NetworkAdapters/{nic_id}", "RequestType": "Add"}
+        async with self._lock:
+            await self.system.modify({**host, "Settings": host_settings})
+            try:
+                await self.guest_modify("Network", "Add", guest_settings)
+            except BaseException:
+                with contextlib.suppress(HcsError):
+                    await self.system.modify({**host, "RequestType": "Remove", "Settings": host_settings})
+                raise
+
+    async def remove_network_adapter(
+        self, nic_id: str, namespace_id: str, host_settings: dict[str, Any]
+    ) -> None:
+        """Guest first (it lets go of the interface), then the device, as upstream removes NICs."""
+        async with self._lock:
+            await self.guest_modify("Network", "Remove", {"NamespaceID": namespace_id, "ID": nic_id})
+            await self.system.modify(
+                {
+                    "ResourcePath": f"VirtualMachine/Devices/NetworkAdapters/{nic_id}",
+                    "RequestType": "Remove",
+                    "Settings": host_settings,
+                }
+            )
 
     # ---- VPMem -------------------------------------------------------------------------------------
 

@@ -38,6 +38,9 @@ def translate_kernel_cmdline(cmdline: str) -> str:
         head, sep, tail = "", " -- ", cmdline[3:]
     kept = [a for a in head.split() if a not in _DROP_EXACT and not a.startswith(_DROP_PREFIX)]
     kept.append("console=ttyS0")
+    # A guest that stops answering is diagnosed with SysRq sent as key presses over QMP (stall.py);
+    # Debian's default sysrq mask leaves out the task dumps.
+    kept.append("sysrq_always_enabled=1")
     out = " ".join(kept)
     return f"{out} -- {tail}" if sep else out
 
@@ -151,6 +154,8 @@ def _scsi(ctrl: ScsiController) -> list[str]:
 
 
 def build_argv(qemu: str, name: str, cfg: VmConfig, paths: Paths, accel: str) -> list[str]:
+    """`accel` is QEMU's -accel argument: `kvm`, `tcg`, or with options (`tcg,thread=single`)."""
+    kvm = accel.split(",")[0] == "kvm"
     argv = [
         qemu,
         "-name",
@@ -163,9 +168,11 @@ def build_argv(qemu: str, name: str, cfg: VmConfig, paths: Paths, accel: str) ->
         # Created but not started, like HCS: start() sends `cont`.
         "-S",
         "-machine",
-        f"pc,accel={accel}",
+        "pc",
+        "-accel",
+        accel,
         "-cpu",
-        "host" if accel == "kvm" else "max",
+        "host" if kvm else "max",
         "-m",
         memory_args(cfg),
         "-smp",

@@ -178,6 +178,14 @@ def parse_document(doc: dict[str, Any], system_id: str, op: str = "CreateCompute
     cpus = r.int_(proc, "Count", "VirtualMachine.ComputeTopology.Processor", 1) or 1
 
     devices = r.obj(vm, "Devices", "VirtualMachine")
+    if devices.get("NetworkAdapters"):
+        # A boot-time NIC needs a tap the document cannot carry; NICs are hot-added (hcs/qemu/nic.py).
+        raise ErrNotSupported(
+            op,
+            system_id,
+            "VirtualMachine.Devices.NetworkAdapters at creation is not supported by qemu: "
+            "hot-add each adapter with a ModifySettingRequest",
+        )
     scsi: dict[str, ScsiController] = {}
     scsi_doc = r.obj(devices, "Scsi", "VirtualMachine.Devices")
     if len(scsi_doc) > MAX_SCSI_CONTROLLERS:

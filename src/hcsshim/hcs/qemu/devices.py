@@ -24,6 +24,7 @@ from hcsshim.hcs.qemu.cmdline import (
     vpmem_object_args,
 )
 from hcsshim.hcs.qemu.config import Disk, PMemDevice, _Reader, parse_attachment, parse_plan9_share
+from hcsshim.hcs.qemu.nic import NIC_PATH, NicSet
 
 if TYPE_CHECKING:
     from hcsshim.hcs.qemu.system import QemuComputeSystem
@@ -44,6 +45,7 @@ class DeviceSet:
         self.disks: dict[tuple[int, int], Disk] = {}
         self.shares: dict[str, str] = {}  # name -> mount point in the 9p root
         self.pmem: dict[int, PMemDevice] = {}
+        self.nics = NicSet(self)
 
     @property
     def _id(self) -> str:
@@ -64,11 +66,13 @@ class DeviceSet:
         if m := SCSI_PATH.match(path):
             await self._modify_scsi(m.group(1).lower(), int(m.group(2)), kind, settings)
         elif path == PLAN9_PATH:
-            self._modify_plan9(kind, settings)
+            await self._modify_plan9(kind, settings)
         elif m := VPMEM_PATH.match(path):
             if m.group(2):
                 raise ErrNotSupported("Modify", self._id, "multi-mapped VPMem devices are not supported")
             await self._modify_vpmem(int(m.group(1)), kind, settings)
+        elif m := NIC_PATH.match(path):
+            await self.nics.modify(m.group(1), kind, settings)
         else:
             raise ErrNotSupported("Modify", self._id, f"ResourcePath {path!r} is not supported by qemu")
 
@@ -163,50 +167,56 @@ class DeviceSet:
 
     # ---- Plan9 -----------------------------------------------------------------------------------
 
-    def _modify_plan9(self, kind: str, settings: Any) -> None:
+    async def _modify_plan9(self, kind: str, settings: Any) -> None:
         r = _Reader("Modify", self._id)
         if kind == "Add":
             share = parse_plan9_share(r, settings, "ModifySettingRequest.Settings")
-            self.add_plan9_share(share.name, share.path, share.read_only)
+            await self.add_plan9_share(share.name, share.path, share.read_only)
         elif kind == "Remove":
             if not isinstance(settings, dict) or not settings.get("Name"):
                 raise r.fail("ModifySettingRequest.Settings.Name", "is required")
-            self.remove_plan9_share(str(settings["Name"]))
+            await self.remove_plan9_share(str(settings["Name"]))
         else:
             raise ErrNotSupported("Modify", self._id, f"RequestType {kind!r} for a Plan9 share")
 
-    def add_plan9_share(self, name: str, host_path: str, read_only: bool) -> None:
+    async def add_plan9_share(self, name: str, host_path: str, read_only: bool) -> None:
         if name in self.shares:
             raise ErrAlreadyExists("Modify", self._id, f"Plan9 share {name!r} already exists")
         target = os.path.join(self.system.paths.plan9_root, name)
         try:
-            mounts.bind_mount(host_path, target, read_only)
+            # A mount can block (a busy or slow source): keep it off the event loop.
+            await asyncio.to_thread(mounts.bind_mount, host_path, target, read_only)
         except OSError as e:
             raise HcsError("Modify", self._id, f"sharing {host_path}: {e}") from e
         self.shares[name] = target
         extra = {"id": self._id, "share": name, "path": host_path, "ro": read_only}
         log.info("plan9 share added", extra=extra)
 
-    def remove_plan9_share(self, name: str) -> None:
+    async def remove_plan9_share(self, name: str) -> None:
         target = self.shares.pop(name, None)
         if target is None:
             raise ErrElementNotFound("Modify", self._id, f"no Plan9 share named {name!r}")
         try:
-            mounts.unmount(target)
-            if os.path.isdir(target):
-                os.rmdir(target)
-            else:
-                os.unlink(target)
+            await asyncio.to_thread(_unmount_and_remove, target)
         except OSError as e:
             raise HcsError("Modify", self._id, f"removing share {name!r}: {e}") from e
         log.info("plan9 share removed", extra={"id": self._id, "share": name})
 
-    def release_all(self) -> None:
+    async def release_all(self) -> None:
         """Host-side teardown after QEMU is gone: the disks went with the process, mounts did not."""
         for name in list(self.shares):
             try:
-                self.remove_plan9_share(name)
+                await self.remove_plan9_share(name)
             except HcsError as e:
                 log.error("plan9 share teardown failed", extra={"id": self._id, "error": str(e)})
         self.disks.clear()
         self.pmem.clear()
+        self.nics.release_all()
+
+
+def _unmount_and_remove(target: str) -> None:
+    mounts.unmount(target)
+    if os.path.isdir(target):
+        os.rmdir(target)
+    else:
+        os.unlink(target)

@@ -26,12 +26,19 @@ from hcsshim.hcs.errors import (
     ErrVmcomputeUnexpectedExit,
     HcsError,
 )
-from hcsshim.hcs.qemu import devices, vsock
-from hcsshim.hcs.qemu.accel import CACHE_DIR, choose_accel
+from hcsshim.hcs.qemu import devices, stall, vsock
+from hcsshim.hcs.qemu.accel import CACHE_DIR, Accel, choose
 from hcsshim.hcs.qemu.cmdline import Paths, build_argv
 from hcsshim.hcs.qemu.config import VmConfig, parse_document
 from hcsshim.hcs.qemu.mounts import remove_tree_safely
-from hcsshim.hcs.system import ComputeSystem, Document, ExitInfo, SystemState, document_to_dict
+from hcsshim.hcs.system import (
+    ComputeSystem,
+    Document,
+    ExitInfo,
+    StallDiagnosis,
+    SystemState,
+    document_to_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +123,7 @@ class QemuComputeSystem(ComputeSystem):
             console=os.path.join(state_dir, "console.log"),
             plan9_root=os.path.join(state_dir, "plan9"),
         )
-        self.accel = ""
-        self.accel_reason = ""
+        self.accel: Accel | None = None
         self.qmp = QMPClient(f"hcsshim-{system_id}")
         self.proc: asyncio.subprocess.Process | None = None
         self.devices = devices.DeviceSet(self)
@@ -130,6 +136,7 @@ class QemuComputeSystem(ComputeSystem):
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = 0.0
         self._op_lock = asyncio.Lock()
+        self.stalls: list[str] = []
         # HvSocket stand-in (hcs/qemu/vsock.py): vsock where the host has vhost-vsock, else virtio-serial.
         self.vsock_host: vsock.VsockHost | None = None
         self.hvsocket_decision = vsock.Decision(vsock.TRANSPORT_VIRTIO_SERIAL, "not decided yet")
@@ -143,10 +150,10 @@ class QemuComputeSystem(ComputeSystem):
         if system_id in _systems:
             raise ErrAlreadyExists(op, system_id, "a compute system with this id already exists")
         cfg = parse_document(doc, system_id, op)
-        sweep_stale_state(os.path.dirname(state_dir_for(system_id)))
+        await asyncio.to_thread(sweep_stale_state, os.path.dirname(state_dir_for(system_id)))
         state_dir = state_dir_for(system_id)
         if os.path.exists(state_dir):
-            left = remove_tree_safely(state_dir)  # left over by a process that died
+            left = await asyncio.to_thread(remove_tree_safely, state_dir)  # left over by a process that died
             if left:
                 raise ErrAlreadyExists(op, system_id, f"state directory {state_dir} is still in use: {left}")
         system = cls(system_id, cfg, state_dir)
@@ -165,8 +172,8 @@ class QemuComputeSystem(ComputeSystem):
 
     async def _launch(self) -> None:
         os.makedirs(self.paths.plan9_root, mode=0o700)
-        self.accel, self.accel_reason = await choose_accel(QEMU_BINARY, self.cfg.kernel)
-        argv = build_argv(QEMU_BINARY, self.id, self.cfg, self.paths, self.accel)
+        self.accel = await choose(QEMU_BINARY, self.cfg.kernel)
+        argv = build_argv(QEMU_BINARY, self.id, self.cfg, self.paths, self.accel.spec)
         # vsock (hcs/qemu/vsock.py): reserve a CID, listen, add the device and the kernel parameter.
         self.hvsocket_decision, self.vsock_host = vsock.setup(self.id)
         if self.vsock_host is not None:
@@ -188,7 +195,13 @@ class QemuComputeSystem(ComputeSystem):
             f.write(str(self.proc.pid))
         log.info(
             "qemu started",
-            extra={"id": self.id, "pid": self.proc.pid, "accel": self.accel, "why": self.accel_reason},
+            extra={
+                "id": self.id,
+                "pid": self.proc.pid,
+                "qemu": str(self.accel.qemu_version),
+                "accel": self.accel.spec,
+                "why": self.accel.why,
+            },
         )
         waiter = asyncio.ensure_future(self.proc.wait())
         accept = asyncio.ensure_future(asyncio.wait_for(self.qmp.accept(), QMP_CONNECT_TIMEOUT))
@@ -209,10 +222,11 @@ class QemuComputeSystem(ComputeSystem):
         waiter.cancel()
         accept.result()
         for name, cfg_share in ((s.name, s) for s in self.cfg.plan9):
-            self.devices.add_plan9_share(name, cfg_share.path, cfg_share.read_only)
+            await self.devices.add_plan9_share(name, cfg_share.path, cfg_share.read_only)
         self.devices.load_boot_disks()
         self._tasks.append(asyncio.create_task(self._watch_events()))
         self._tasks.append(asyncio.create_task(self._watch_process()))
+        self._tasks.append(asyncio.create_task(self._watch_console()))
 
     @property
     def _qemu_log(self) -> str:
@@ -235,6 +249,47 @@ class QemuComputeSystem(ComputeSystem):
                     self._panicked = True
         finally:
             self.qmp.remove_listener(listener)
+
+    async def _watch_console(self, every: float = 1.0) -> None:
+        """Surface the guest kernel's own stall reports (soft lockup, RCU stall, hung task) in our log
+        as they appear, before any call times out because of them."""
+        offset = 0
+        while True:
+            await asyncio.sleep(every)
+            size = await asyncio.to_thread(stall._size, self.paths.console)
+            if size <= offset:
+                continue
+            text = await asyncio.to_thread(
+                stall._read_from, self.paths.console, max(offset, size - (1 << 20))
+            )
+            offset = size
+            for line in stall.stall_lines(text):
+                self.stalls.append(line)
+                log.error("guest kernel reports a stall", extra={"id": self.id, "console": line})
+
+    async def diagnose_stall(self) -> StallDiagnosis:
+        if self._exited.is_set() or self._state not in (SystemState.RUNNING, SystemState.PAUSED):
+            reason = self._exit.reason if self._exit else self._state.value
+            return StallDiagnosis("unknown", f"the VM is not running ({reason})")
+        if self._state == SystemState.PAUSED:
+            return StallDiagnosis("alive", "the VM is paused")
+        quiet = "quiet" in self.cfg.cmdline.partition(" -- ")[0].split()
+        diagnosis = await stall.diagnose(
+            self.paths.console,
+            lambda cmd, args: self.execute("DiagnoseStall", cmd, args),
+            console_level=4 if quiet else 7,
+        )
+        log.error(
+            "guest stall diagnosed",
+            extra={
+                "id": self.id,
+                "kernel": diagnosis.kernel,
+                "verdict": diagnosis.verdict,
+                "console_tail": diagnosis.console_tail[-2000:],
+                "task_dump": diagnosis.task_dump[-16000:],
+            },
+        )
+        return diagnosis
 
     async def _watch_process(self) -> None:
         assert self.proc is not None
@@ -279,10 +334,10 @@ class QemuComputeSystem(ComputeSystem):
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
-        self.devices.release_all()
+        await self.devices.release_all()
         if self.vsock_host is not None:  # vsock: release the CID and the listener
             self.vsock_host.close()
-        left = remove_tree_safely(self.state_dir)
+        left = await asyncio.to_thread(remove_tree_safely, self.state_dir)
         if left:
             log.error("state left behind", extra={"id": self.id, "paths": left})
         _systems.pop(self.id, None)
@@ -371,8 +426,9 @@ class QemuComputeSystem(ComputeSystem):
             "Stopped": self._state == SystemState.STOPPED,
             "Backend": {
                 "Name": "qemu",
-                "Accelerator": self.accel,
-                "AcceleratorReason": self.accel_reason,
+                "Accelerator": self.accel.spec if self.accel else "",
+                "AcceleratorReason": self.accel.why if self.accel else "",
+                "QemuVersion": str(self.accel.qemu_version) if self.accel else "",
                 "ProcessId": self.proc.pid if self.proc else 0,
                 "RssBytes": self.rss_bytes(),
                 "StateDir": self.state_dir,

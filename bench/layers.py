@@ -1,0 +1,173 @@
+"""Image layers as VHDs: (1) tar -> VHD throughput of our converter (hcsshim.layers.tar2ext4: unpack
+the tar, then mkfs.ext4 -d, then the VHD footer) against ``mke2fs -d`` of the same layer already
+unpacked (the reference, same run, same tree); (2) ``ctr run --rm`` to the command's output with the
+rootfs on SCSI VHD layers (the lcow snapshotter) against the rootfs shared over 9p (overlayfs
+snapshotter), same private containerd, image and runtime. Part 2 boots UVMs: run it under
+``flock /tmp/hcsshim-qemu.lock``."""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from hcsshim.layers import tar2ext4, vhd
+from hcsshim.layers.ext4 import make_ext4
+from tests.support.containerd import Containerd, available, running_containerd
+from tests.support.lcow import NAME as LCOW
+from tests.support.lcow import running_lcow_snapshotter
+from tests.support.oci_image import build_image
+from tests.support.shim_checks import RUNTIME
+from tests.support.uvm import boot_files
+
+RUNS = int(os.environ.get("BENCH_LAYERS_RUNS", "3"))
+FILES = int(os.environ.get("BENCH_LAYERS_FILES", "3000"))
+IMAGE = "docker.io/library/busybox:layers"
+MARKER = "hello-from-the-layers"
+
+
+def synthetic_layer(path: str, files: int) -> int:
+    """A layer tar shaped like a distro layer: many small files, some large ones, dirs, symlinks."""
+    rnd = secrets.token_bytes(1 << 20)
+    total = 0
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(files):
+            d = f"usr/lib/pkg{i // 100}"
+            if i % 100 == 0:
+                info = tarfile.TarInfo(d)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            size = (1 << 20) if i % 200 == 0 else 512 + (i * 977) % 16384
+            info = tarfile.TarInfo(f"{d}/file{i}")
+            info.size, info.mode = size, 0o644
+            tar.addfile(info, io.BytesIO(rnd[:size]))
+            total += size
+            if i % 50 == 0:
+                link = tarfile.TarInfo(f"{d}/link{i}")
+                link.type, link.linkname = tarfile.SYMTYPE, f"file{i}"
+                tar.addfile(link)
+    return total
+
+
+def convert_ours(tar: str, out: str) -> float:
+    start = time.monotonic()
+    tar2ext4.convert(tar, out, tar2ext4.Options(append_vhd_footer=True))
+    return time.monotonic() - start
+
+
+def commit_path(tree: str, out: str) -> float:
+    """What the lcow snapshotter's Commit does with the walking differ's directory."""
+    start = time.monotonic()
+    make_ext4(tree, out)
+    vhd.append_footer_to_path(out)
+    return time.monotonic() - start
+
+
+def mke2fs_reference(tree: str, out: str, size: int) -> float:
+    with open(out, "wb") as f:
+        f.truncate(size)
+    start = time.monotonic()
+    argv = ["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-O", "^has_journal", "-d", tree, out]
+    subprocess.run(argv, check=True, capture_output=True)
+    return time.monotonic() - start
+
+
+def conversion() -> None:
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+        tar = os.path.join(d, "layer.tar")
+        payload = synthetic_layer(tar, FILES)
+        mib = os.path.getsize(tar) / (1 << 20)
+        tree = os.path.join(d, "tree")
+        os.mkdir(tree)
+        tar2ext4.unpack(tar, tree)
+        ours, ref, commit = [], [], []
+        for i in range(RUNS):
+            out = os.path.join(d, f"ours{i}.vhd")
+            ours.append(convert_ours(tar, out))
+            size = os.path.getsize(out)
+            os.unlink(out)
+            ref_out = os.path.join(d, f"ref{i}.img")
+            ref.append(mke2fs_reference(tree, ref_out, size))
+            os.unlink(ref_out)
+            commit.append(commit_path(tree, ref_out))
+            os.unlink(ref_out)
+    o, r, m = statistics.median(ours), statistics.median(ref), statistics.median(commit)
+    print(f"layer tar: {mib:.1f} MiB, {FILES} files, {payload / (1 << 20):.1f} MiB of data; median of {RUNS}")
+    print(f"{'tar -> VHD':44} {'ours':>10} {'mke2fs -d':>10} {'ratio':>8}")
+    print(f"{'seconds':44} {o:>10.2f} {r:>10.2f} {o / r:>8.2f}")
+    print(f"{'MiB/s of tar':44} {mib / o:>10.1f} {mib / r:>10.1f} {r / o:>8.2f}")
+    label = "snapshotter Commit, directory -> VHD (s)"
+    print(f"{label:44} {m:>10.2f} {r:>10.2f} {m / r:>8.2f}")
+    print("(mke2fs -d reads the tree already unpacked; tar -> VHD includes unpacking the tar)")
+
+
+def to_output(c: Containerd, snapshotter: str) -> float:
+    cid = f"bench-{uuid.uuid4().hex[:8]}"
+    argv = c.ctr_argv("run", "--rm", "--snapshotter", snapshotter, "--runtime", RUNTIME, IMAGE, cid)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [*argv, "echo", MARKER], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=c.env
+    )
+    assert proc.stdout is not None
+    first = 0.0
+    out = []
+    for raw in proc.stdout:
+        out.append(raw.decode(errors="replace"))
+        if MARKER.encode() in raw and not first:
+            first = time.monotonic() - start
+    code = proc.wait(timeout=600)
+    if code != 0 or not first:
+        raise RuntimeError(
+            f"ctr run --snapshotter {snapshotter} failed ({code}): {''.join(out)}\n{c.log_tail()}"
+        )
+    return first
+
+
+def container_start() -> None:
+    reason = available()
+    if reason is not None:
+        print(f"container start: skipped ({reason})")
+        return
+    if boot_files() is None:
+        print("container start: no UVM image; run `hcsshim uvm build` first")
+        return
+    base = Path(f"/run/hcsshim-lcow-bench-{secrets.token_hex(3)}")
+    try:
+        with (
+            running_lcow_snapshotter(base) as sn,
+            running_containerd(extra_config=sn.proxy_config()) as c,
+            tempfile.TemporaryDirectory() as work,
+        ):
+            tar = build_image(os.path.join(work, "img.tar"), IMAGE)
+            c.ctr("images", "import", tar, timeout=180)
+            c.ctr("images", "import", "--snapshotter", LCOW, tar, timeout=180)
+            vhd = [to_output(c, LCOW) for _ in range(RUNS)]
+            ninep = [to_output(c, "overlayfs") for _ in range(RUNS)]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    v, n = statistics.median(vhd), statistics.median(ninep)
+    print(f"ctr run --rm busybox echo, runhcs-v1, containerd 1.6; median of {RUNS}")
+    print(f"{'start to output (s)':44} {'VHD':>10} {'9p':>10} {'ratio':>8}")
+    print(f"{'rootfs: lcow VHD layers vs overlay over 9p':44} {v:>10.2f} {n:>10.2f} {v / n:>8.2f}")
+    print(f"samples VHD: {[round(x, 2) for x in vhd]} 9p: {[round(x, 2) for x in ninep]}")
+
+
+def main() -> int:
+    conversion()
+    container_start()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The pod's network as the shim wires it: CNI's netns into the pod's UVM.
+
+A sandbox (or standalone) task whose spec names a network namespace gets one NIC per CNI interface
+(``hcsshim.network.PodNetwork``); the namespace is read before the UVM boots so a missing or empty
+one fails the task without a VM. A spec without a network namespace is a host-network pod: its
+containers run in the UVM's own network namespace (a VM cannot share the node's network stack; see
+README "Pod networking"). The guest never sees the host's netns path: ``guest_spec`` replaces it
+with the guest's namespace ID.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hcsshim.gcs.devices import PORT_FORWARD_PORT
+from hcsshim.network import NetworkError, PodNetwork, guest_network_spec, pod_netns_path
+from hcsshim.network.portforward import Dial, MuxChannel
+
+log = logging.getLogger("hcsshim.shim.network")
+
+
+async def open_pod_network(spec: dict[str, Any]) -> PodNetwork | None:
+    path = pod_netns_path(spec)
+    if not path:
+        log.info("no pod network namespace: the containers get the UVM's own network (loopback only)")
+        return None
+    return await PodNetwork.open(path)
+
+
+PORT_FORWARD_DIAL_TIMEOUT = 10.0
+
+
+def port_forward_dialer(vm: Any) -> Dial:
+    """Dial the guest's port-forward service on the UVM's mux."""
+
+    async def dial() -> MuxChannel:
+        session = vm.session
+        if session is None:
+            raise ConnectionError(f"uvm {vm.id} has no guest connection")
+        channel: MuxChannel = await session.dial(PORT_FORWARD_PORT, timeout=PORT_FORWARD_DIAL_TIMEOUT)
+        return channel
+
+    return dial
+
+
+def guest_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    return guest_network_spec(spec)
+
+
+__all__ = ["NetworkError", "PodNetwork", "guest_spec", "open_pod_network"]
+
+
+# The pod network of each UVM this shim created, by UVM id: the Pod closes it with the VM.
+_networks: dict[str, PodNetwork] = {}
+
+
+def register(uvm_id: str, net: PodNetwork) -> None:
+    _networks[uvm_id] = net
+
+
+async def detach(host: Any) -> None:
+    """Before the VM goes: the guest and QEMU let go of the NICs (bounded, best effort)."""
+    net = _networks.get(str(getattr(host, "id", "")))
+    if net is not None:
+        await net.detach(host)
+
+
+async def release(host: Any) -> None:
+    """After the VM is gone: taps and tc filters deleted, the namespace file closed."""
+    net = _networks.pop(str(getattr(host, "id", "")), None)
+    if net is not None:
+        await net.release()
+
+
+def network_of(host: Any) -> PodNetwork | None:
+    return _networks.get(str(getattr(host, "id", "")))

@@ -1,0 +1,136 @@
+"""hcsshim's diagnostics service ``containerd.runhcs.v1.diag.ShimDiag``, served beside the task service
+on the shim's socket (what the ``shimdiag`` command talks to; reference hcsshim-v2.md §1.7).
+
+- ``DiagExecInHost`` runs a process in the pod's UVM itself (not in a container; for process-v2 that is
+  the host the local agent runs on), its stdio relayed to the FIFOs the caller created, and answers
+  with its exit code once the output is drained.
+- ``DiagStacks``: every thread and asyncio task of the shim, and the guest agent's (``DumpStacks``).
+- ``DiagTasks``: the pod's tasks, with their execs and states when asked.
+- ``DiagPid``: the shim server's pid.
+- ``DiagShare`` answers Unimplemented: upstream's ignores ``uvm_path`` and picks the guest path itself,
+  which a caller could not find out from the empty response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf.message import Message
+
+from hcsshim.api.shimdiag import shimdiag_pb2 as diag
+from hcsshim.gcs.protocol import NULL_CONTAINER_ID
+from hcsshim.shim.io import ProcessIO
+from hcsshim.shim.pod import Pod
+from hcsshim.ttrpc import Code, Context, MethodTable, Server, TtrpcError
+
+log = logging.getLogger("hcsshim.shim.diag")
+
+SERVICE = "containerd.runhcs.v1.diag.ShimDiag"
+GUEST_STACKS_TIMEOUT = 5.0
+OUTPUT_DRAIN_TIMEOUT = 10.0
+UNKNOWN_EXIT = 255
+
+
+def host_stacks() -> str:
+    """The shim's own threads and asyncio tasks (Python's counterpart of a goroutine dump)."""
+    out: list[str] = []
+    for tid, frame in sys._current_frames().items():
+        out.append(f"thread {tid}:\n" + "".join(traceback.format_stack(frame)))
+    for task in asyncio.all_tasks():
+        frames = task.get_stack()
+        lines = traceback.format_list(traceback.extract_stack(frames[-1])) if frames else []
+        out.append(f"task {task.get_name()}:\n" + "".join(lines))
+    return "\n".join(out)
+
+
+class DiagService:
+    def __init__(self, pod: Callable[[], Pod | None]) -> None:
+        self._pod = pod
+
+    def register(self, server: Server) -> None:
+        handlers: dict[str, tuple[type[Message], Callable[[Context, Any], Awaitable[Message]]]] = {
+            "DiagExecInHost": (diag.ExecProcessRequest, self.exec_in_host),
+            "DiagStacks": (diag.StacksRequest, self.stacks),
+            "DiagTasks": (diag.TasksRequest, self.tasks),
+            "DiagShare": (diag.ShareRequest, self.share),
+            "DiagPid": (diag.PidRequest, self.pid),
+        }
+        table: MethodTable = dict(handlers)
+        server.register(SERVICE, table)
+
+    def _running_pod(self, what: str) -> Pod:
+        pod = self._pod()
+        if pod is None:
+            raise TtrpcError(Code.FAILED_PRECONDITION, f"{what}: this shim has no UVM yet (no task created)")
+        if pod.dead_reason:
+            raise TtrpcError(Code.FAILED_PRECONDITION, f"{what}: {pod.dead_reason}")
+        return pod
+
+    async def exec_in_host(self, ctx: Context, req: diag.ExecProcessRequest) -> diag.ExecProcessResponse:
+        if not req.args:
+            raise TtrpcError(Code.INVALID_ARGUMENT, "DiagExecInHost: args is empty")
+        pod = self._running_pod("DiagExecInHost")
+        bridge = pod.host.bridge
+        io = ProcessIO(req.stdin, req.stdout, req.stderr, req.terminal)
+        params: dict[str, Any] = {
+            **io.process_params(),
+            "CommandArgs": list(req.args),
+            "WorkingDirectory": req.workdir or "/",
+            "CreateInUtilityVM": True,
+        }
+        try:
+            guest = await bridge.execute_process(NULL_CONTAINER_ID, params)
+        except Exception as exc:
+            await io.close()
+            raise TtrpcError(Code.UNKNOWN, f"DiagExecInHost {list(req.args)}: {exc}") from exc
+        io.attach(guest)
+        try:
+            code = int(await bridge.wait_process(NULL_CONTAINER_ID, guest.pid, timeout=0))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("diag exec lost", extra={"args": list(req.args), "error": exc})
+            code = UNKNOWN_EXIT
+        if not await io.wait_output(OUTPUT_DRAIN_TIMEOUT):
+            log.warning("diag exec output not drained in time", extra={"args": list(req.args)})
+        await io.close()
+        # The guest reports the wait status as an unsigned 32-bit value.
+        return diag.ExecProcessResponse(exit_code=code if code < 2**31 else code - 2**32)
+
+    async def stacks(self, ctx: Context, req: diag.StacksRequest) -> diag.StacksResponse:
+        resp = diag.StacksResponse(stacks=host_stacks())
+        pod = self._pod()
+        if pod is not None and not pod.dead_reason:
+            try:
+                resp.guest_stacks = await pod.host.bridge.dump_stacks(timeout=GUEST_STACKS_TIMEOUT)
+            except Exception as exc:
+                resp.guest_stacks = f"guest stacks unavailable: {exc}"
+        return resp
+
+    async def tasks(self, ctx: Context, req: diag.TasksRequest) -> diag.TasksResponse:
+        resp = diag.TasksResponse()
+        pod = self._pod()
+        if pod is None:
+            return resp
+        for task in list(pod.tasks.values()):
+            entry = resp.tasks.add(id=task.id)
+            if req.execs:
+                entry.execs.add(id="", state=task.init.state.value)
+                for exec_id, proc in list(task.execs.items()):
+                    entry.execs.add(id=exec_id, state=proc.state.value)
+        return resp
+
+    async def share(self, ctx: Context, req: diag.ShareRequest) -> diag.ShareResponse:
+        raise TtrpcError(
+            Code.UNIMPLEMENTED,
+            "DiagShare is not implemented: the guest path (uvm_path) cannot be chosen by the caller",
+        )
+
+    async def pid(self, ctx: Context, req: diag.PidRequest) -> diag.PidResponse:
+        return diag.PidResponse(pid=os.getpid())

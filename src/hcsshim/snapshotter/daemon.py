@@ -1,0 +1,61 @@
+"""``lcow-snapshotter``: the lcow snapshotter daemon (a containerd proxy plugin of type snapshot)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from hcsshim.snapshotter.core import DEFAULT_SCRATCH_GB, Snapshotter
+from hcsshim.snapshotter.service import serve
+
+DEFAULT_ROOT = "/var/lib/hcsshim-lcow-snapshotter"
+DEFAULT_ADDRESS = "/run/hcsshim-lcow-snapshotter/snapshotter.sock"
+
+
+async def run(root: str, address: str, scratch_size_gb: int) -> None:
+    sn = await asyncio.to_thread(Snapshotter, root, scratch_size_gb=scratch_size_gb)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        server = await serve(sn, address)
+        logging.getLogger("hcsshim.snapshotter").info("serving on %s (root %s)", address, root)
+        print(f"lcow-snapshotter: serving on {address}", flush=True)
+        await stop.wait()
+        await server.stop(5)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address)
+        await asyncio.to_thread(sn.close)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lcow-snapshotter", description=__doc__)
+    p.add_argument("--root", default=DEFAULT_ROOT, help=f"state directory (default {DEFAULT_ROOT})")
+    p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"unix socket (default {DEFAULT_ADDRESS})")
+    p.add_argument(
+        "--scratch-size-gb",
+        type=int,
+        default=DEFAULT_SCRATCH_GB,
+        help="size of a container's sparse scratch disk unless the rootfs.size-gb label says otherwise",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ns = p.parse_args(argv)
+    if ns.scratch_size_gb <= 0:
+        p.error("--scratch-size-gb must be positive")
+    logging.basicConfig(
+        level=ns.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    asyncio.run(run(ns.root, ns.address, ns.scratch_size_gb))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

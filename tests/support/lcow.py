@@ -1,0 +1,82 @@
+"""The lcow snapshotter daemon for e2e tests and benchmarks: started on a private socket and root,
+plus the containerd ``proxy_plugins`` snippet that names it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.shim_checks import mounts_under, wait_until
+
+NAME = "lcow"
+
+
+@dataclass
+class LcowSnapshotter:
+    root: Path
+    address: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def proxy_config(self) -> str:
+        head = f"\n[proxy_plugins]\n  [proxy_plugins.{NAME}]\n"
+        return head + f'    type = "snapshot"\n    address = "{self.address}"\n'
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _start(base: Path, scratch_size_gb: int) -> LcowSnapshotter:
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log = base / "snapshotter.log"
+    address = str(base / "sn.sock")
+    argv = [sys.executable, "-m", "hcsshim.snapshotter.daemon", "--root", str(base / "root")]
+    argv += ["--address", address, "--scratch-size-gb", str(scratch_size_gb), "--log-level", "debug"]
+    with open(log, "ab") as f:
+        proc = subprocess.Popen(argv, stdout=f, stderr=f, stdin=subprocess.DEVNULL, start_new_session=True)
+    sn = LcowSnapshotter(base / "root", address, log, proc)
+    if not wait_until(lambda: os.path.exists(address) or proc.poll() is not None, 30) or proc.poll():
+        _stop(sn)
+        raise RuntimeError(f"lcow-snapshotter did not start:\n{sn.log_tail()}")
+    return sn
+
+
+def _stop(sn: LcowSnapshotter) -> None:
+    sn.process.send_signal(signal.SIGTERM)
+    try:
+        sn.process.wait(30)
+    except subprocess.TimeoutExpired:
+        sn.process.kill()
+        sn.process.wait(10)
+
+
+def restart(sn: LcowSnapshotter) -> None:
+    """Stop the daemon (SIGTERM) and start it again on the same root and socket."""
+    _stop(sn)
+    new = _start(sn.root.parent, 2)
+    sn.process = new.process
+
+
+@contextlib.contextmanager
+def running_lcow_snapshotter(base: Path, *, scratch_size_gb: int = 2) -> Iterator[LcowSnapshotter]:
+    """`python -m hcsshim.snapshotter.daemon` (what the ``lcow-snapshotter`` script runs) under
+    ``base``; stopped with SIGTERM, which also drops its host loop mounts. Raises if it leaves mounts."""
+    sn = _start(base, scratch_size_gb)
+    try:
+        yield sn
+    finally:
+        _stop(sn)
+        left = mounts_under(str(base))
+        for point in sorted(left, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    if left:
+        raise RuntimeError(f"mounts left behind by the lcow snapshotter: {left}")
