@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.containerd import Containerd
-from tests.support.shim_checks import RUNTIME, import_busybox, wait_until
+from tests.support.shim_checks import RUNTIME, import_busybox, qemu_pids, wait_until
 from tests.support.uvm import boot_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -97,6 +97,19 @@ def test_tasks_and_stacks(containerd: Containerd, uvm_task: str) -> None:
     host, _, guest = proc.stdout.partition("--- guest ---")
     assert "service_diag.py" in host  # the handler answering this very call
     assert "hcsshim/guest" in guest or "hcsshim.guest" in guest, guest[:2000]
+
+
+def test_stats_reports_the_uvm_own_figures(containerd: Containerd, uvm_task: str) -> None:
+    proc = shimdiag("stats", _name(containerd, uvm_task))
+    assert proc.returncode == 0, proc.stderr
+    rows = dict(line.split("\t") for line in proc.stdout.splitlines())
+    qemus = qemu_pids(uvm_task)
+    assert len(qemus) == 1 and int(rows["vmm pid"]) == qemus[0]
+    mib = {k: int(v.split()[0]) for k, v in rows.items() if v.endswith(" MiB")}
+    assert mib["vmm rss"] > 0 and mib["assigned memory"] > 0
+    # The guest kernel sees a little less than it was given, never more.
+    assert 0 < mib["guest MemAvailable"] <= mib["guest MemTotal"] <= mib["assigned memory"]
+    assert float(rows["uptime"].split()[0]) > 0
 
 
 def test_unknown_shim_is_named_in_the_error() -> None:

@@ -124,3 +124,14 @@ def test_tasks_stacks_pid_and_share_with_fake_pod() -> None:
     with pytest.raises(TtrpcError) as err:
         asyncio.run(service.share(CTX, diag.ShareRequest(host_path="/x")))
     assert err.value.code == Code.UNIMPLEMENTED
+
+
+def test_meminfo_is_parsed_into_bytes() -> None:
+    from hcsshim.shim.service_diag import parse_meminfo
+
+    text = "MemTotal:        1004352 kB\nMemAvailable:     826000 kB\nHugePages_Total:       0\nbad line\n"
+    assert parse_meminfo(text) == {
+        "MemTotal": 1004352 * 1024,
+        "MemAvailable": 826000 * 1024,
+        "HugePages_Total": 0,
+    }

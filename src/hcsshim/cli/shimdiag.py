@@ -209,6 +209,20 @@ def _cmd_tasks(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stats(ns: argparse.Namespace) -> int:
+    resp = asyncio.run(_call(resolve(ns.shim), "DiagStats", diag.VmStatsRequest(), diag.VmStatsResponse))
+    assert isinstance(resp, diag.VmStatsResponse)
+    mib = 1 << 20
+    print(f"uvm\t{resp.uvm_id}")
+    print(f"vmm pid\t{resp.vmm_pid}")
+    print(f"vmm rss\t{resp.vmm_rss_bytes // mib} MiB")
+    print(f"assigned memory\t{resp.assigned_memory_bytes // mib} MiB")
+    print(f"guest MemTotal\t{resp.guest_mem_total_bytes // mib} MiB")
+    print(f"guest MemAvailable\t{resp.guest_mem_available_bytes // mib} MiB")
+    print(f"uptime\t{resp.uptime_ms / 1000:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shimdiag", description="diagnostics for running hcsshim shims")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -229,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--execs", action="store_true", help="with each task's processes and their states")
     p.add_argument("shim")
     p.set_defaults(func=_cmd_tasks)
+    p = sub.add_parser("stats", help="the shim's utility VM: VMM memory, guest memory, uptime")
+    p.add_argument("shim")
+    p.set_defaults(func=_cmd_stats)
     return parser
 
 

@@ -7,6 +7,8 @@ on the shim's socket (what the ``shimdiag`` command talks to; reference hcsshim-
 - ``DiagStacks``: every thread and asyncio task of the shim, and the guest agent's (``DumpStacks``).
 - ``DiagTasks``: the pod's tasks, with their execs and states when asked.
 - ``DiagPid``: the shim server's pid.
+- ``DiagStats`` (ours): the UVM's own figures: the VMM's pid and RSS, the memory the VM was given, the
+  guest kernel's MemTotal/MemAvailable and the uptime. process-v2 has no VM and says so.
 - ``DiagShare`` answers Unimplemented: upstream's ignores ``uvm_path`` and picks the guest path itself,
   which a caller could not find out from the empty response.
 """
@@ -28,6 +30,7 @@ from hcsshim.gcs.protocol import NULL_CONTAINER_ID
 from hcsshim.shim.io import ProcessIO
 from hcsshim.shim.pod import Pod
 from hcsshim.ttrpc import Code, Context, MethodTable, Server, TtrpcError
+from hcsshim.uvm.utility_vm import UtilityVM
 
 log = logging.getLogger("hcsshim.shim.diag")
 
@@ -60,6 +63,7 @@ class DiagService:
             "DiagTasks": (diag.TasksRequest, self.tasks),
             "DiagShare": (diag.ShareRequest, self.share),
             "DiagPid": (diag.PidRequest, self.pid),
+            "DiagStats": (diag.VmStatsRequest, self.vm_stats),
         }
         table: MethodTable = dict(handlers)
         server.register(SERVICE, table)
@@ -134,3 +138,56 @@ class DiagService:
 
     async def pid(self, ctx: Context, req: diag.PidRequest) -> diag.PidResponse:
         return diag.PidResponse(pid=os.getpid())
+
+    async def vm_stats(self, ctx: Context, req: diag.VmStatsRequest) -> diag.VmStatsResponse:
+        pod = self._running_pod("DiagStats")
+        vm = pod.host
+        if not isinstance(vm, UtilityVM):
+            raise TtrpcError(Code.FAILED_PRECONDITION, "DiagStats: this shim runs no utility VM (process-v2)")
+        props = await vm.system.properties()
+        backend = props.get("Backend") or {}
+        pages = int(
+            ((props.get("Memory") or {}).get("VirtualMachineMemory") or {}).get("AssignedMemory") or 0
+        )
+        meminfo = parse_meminfo(await _guest_output(vm, ["cat", "/proc/meminfo"]))
+        return diag.VmStatsResponse(
+            uvm_id=vm.id,
+            vmm_pid=int(backend.get("ProcessId") or 0),
+            vmm_rss_bytes=int(backend.get("RssBytes") or 0),
+            assigned_memory_bytes=pages * 4096,
+            guest_mem_total_bytes=meminfo.get("MemTotal", 0),
+            guest_mem_available_bytes=meminfo.get("MemAvailable", 0),
+            uptime_ms=int((props.get("Statistics") or {}).get("Uptime100ns") or 0) // 10_000,
+        )
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """/proc/meminfo as bytes per field (the kernel prints kB)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            out[name.strip()] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    return out
+
+
+async def _guest_output(vm: UtilityVM, args: list[str]) -> str:
+    """Run `args` in the UVM itself and return its stdout."""
+    params = {
+        "CommandArgs": args,
+        "WorkingDirectory": "/",
+        "CreateInUtilityVM": True,
+        "CreateStdOutPipe": True,
+    }
+    proc = await vm.bridge.execute_process(NULL_CONTAINER_ID, params)
+    chunks: list[bytes] = []
+    try:
+        while data := await asyncio.wait_for(proc.stdout.read(), OUTPUT_DRAIN_TIMEOUT):
+            chunks.append(data)
+        code = await vm.bridge.wait_process(NULL_CONTAINER_ID, proc.pid, timeout=OUTPUT_DRAIN_TIMEOUT)
+    finally:
+        proc.close()
+    if code != 0:
+        raise TtrpcError(Code.UNKNOWN, f"DiagStats: {' '.join(args)} in the UVM exited with {code}")
+    return b"".join(chunks).decode(errors="replace")

@@ -267,3 +267,58 @@ class TasksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TasksResponse: _TypeAlias = TasksResponse  # noqa: Y015
+
+@_typing.final
+class VmStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VmStatsRequest: _TypeAlias = VmStatsRequest  # noqa: Y015
+
+@_typing.final
+class VmStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UVM_ID_FIELD_NUMBER: _builtins.int
+    VMM_PID_FIELD_NUMBER: _builtins.int
+    VMM_RSS_BYTES_FIELD_NUMBER: _builtins.int
+    ASSIGNED_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    GUEST_MEM_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    GUEST_MEM_AVAILABLE_BYTES_FIELD_NUMBER: _builtins.int
+    UPTIME_MS_FIELD_NUMBER: _builtins.int
+    uvm_id: _builtins.str
+    vmm_pid: _builtins.int
+    vmm_rss_bytes: _builtins.int
+    """Resident memory of the VMM process (QEMU) on the host."""
+    assigned_memory_bytes: _builtins.int
+    """Memory the VM was given."""
+    guest_mem_total_bytes: _builtins.int
+    """From the guest kernel's /proc/meminfo."""
+    guest_mem_available_bytes: _builtins.int
+    uptime_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        uvm_id: _builtins.str = ...,
+        vmm_pid: _builtins.int = ...,
+        vmm_rss_bytes: _builtins.int = ...,
+        assigned_memory_bytes: _builtins.int = ...,
+        guest_mem_total_bytes: _builtins.int = ...,
+        guest_mem_available_bytes: _builtins.int = ...,
+        uptime_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_memory_bytes", b"assigned_memory_bytes", "guest_mem_available_bytes", b"guest_mem_available_bytes", "guest_mem_total_bytes", b"guest_mem_total_bytes", "uptime_ms", b"uptime_ms", "uvm_id", b"uvm_id", "vmm_pid", b"vmm_pid", "vmm_rss_bytes", b"vmm_rss_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VmStatsResponse: _TypeAlias = VmStatsResponse  # noqa: Y015
