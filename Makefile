@@ -20,8 +20,11 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 
+# Unit tests first, then the end-to-end group in its own run: the e2e group's session-wide UVM keeps an
+# event loop running on a thread, which must not share a process with CPU-bound unit tests.
 test: setup image lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not e2e" tests
+	$(PY) -m pytest -q -m e2e tests
 
 test-unit: setup
 	$(PY) -m pytest -q -m "not e2e" tests

@@ -34,6 +34,11 @@ def stall_lines(console: str) -> list[str]:
     return [m.group(0).strip() for m in KERNEL_STALL.finditer(console)]
 
 
+def stall_lines_in(path: str, offset: int) -> list[str]:
+    """The stall reports in the console file from `offset` on (blocking: run it in a thread)."""
+    return stall_lines(_read_from(path, offset, 1 << 20))
+
+
 def _size(path: str) -> int:
     try:
         return os.path.getsize(path)

@@ -259,11 +259,12 @@ class QemuComputeSystem(ComputeSystem):
             size = await asyncio.to_thread(stall._size, self.paths.console)
             if size <= offset:
                 continue
-            text = await asyncio.to_thread(
-                stall._read_from, self.paths.console, max(offset, size - (1 << 20))
+            # Reading and scanning up to a MiB of console is work for a thread, not for the loop.
+            lines = await asyncio.to_thread(
+                stall.stall_lines_in, self.paths.console, max(offset, size - (1 << 20))
             )
             offset = size
-            for line in stall.stall_lines(text):
+            for line in lines:
                 self.stalls.append(line)
                 log.error("guest kernel reports a stall", extra={"id": self.id, "console": line})
 
