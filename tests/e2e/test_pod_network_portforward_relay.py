@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from hcsshim.gcs import mux
-from hcsshim.gcs.devices import PORT_FORWARD_PORT
+from hcsshim import hvsock
 from hcsshim.guest import portforward as guest_pf
 from hcsshim.guest.netlink import in_fresh_thread, setns_path
 from hcsshim.guest.network import NetworkNamespaces
+from hcsshim.hvsock.abi import PORT_FORWARD_PORT
 from hcsshim.network.cmd import run_in
 from hcsshim.network.portforward import PortForwardRelay, _listen_in
 
@@ -70,8 +70,8 @@ async def _scenario(host_ns: str, guest_ns: str) -> tuple[bytes, bytes, str]:
     a, b = socket.socketpair()
     ra, wa = await asyncio.open_unix_connection(sock=a)
     rb, wb = await asyncio.open_unix_connection(sock=b)
-    host = mux.MuxSession(mux.StreamTransport(ra, wa), mux.Role.HOST).start()
-    guest = mux.MuxSession(mux.StreamTransport(rb, wb), mux.Role.GUEST).start()
+    host = hvsock.MuxSession(hvsock.StreamTransport(ra, wa), hvsock.Role.HOST).start()
+    guest = hvsock.MuxSession(hvsock.StreamTransport(rb, wb), hvsock.Role.GUEST).start()
     serve = asyncio.create_task(guest_pf.serve(guest, _FakeNamespaces("pod-x", guest_ns)))
 
     # A server in the "guest" pod namespace bound to localhost only.
@@ -86,7 +86,7 @@ async def _scenario(host_ns: str, guest_ns: str) -> tuple[bytes, bytes, str]:
 
     server = await asyncio.start_server(echo, sock=server_sock)
 
-    async def dial() -> mux.Channel:
+    async def dial() -> hvsock.Channel:
         return await host.dial(PORT_FORWARD_PORT, timeout=5)
 
     relay = PortForwardRelay(host_ns, "pod-x", dial)

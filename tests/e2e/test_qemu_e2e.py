@@ -13,8 +13,8 @@ import pytest
 
 from hcsshim import hcs
 from hcsshim.hcs.qemu import system as qemu_system
-from hcsshim.hcs.qemu.config import SCSI_CONTROLLER_GUIDS
 from hcsshim.hcs.qemu.mounts import mounts_under
+from hcsshim.hvsock.abi import SCSI_CONTROLLER_GUIDS
 from hcsshim.uvm.document import minimal_lcow_document
 from tests.support.uvm import (
     FLOOR_READY,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from hcsshim.image import builder, init_script
 from hcsshim.layers import tar2ext4, vhd
-from hcsshim.uvm import image, image_init
 
 pytestmark = pytest.mark.e2e
 
@@ -97,8 +97,8 @@ def boot_until(argv: list[str], marker: str, *, wait_exit: bool) -> Boot:
 
 @pytest.fixture(scope="module")
 def boot_files() -> Iterator[str]:
-    d = image.default_boot_files_path()
-    missing = [i.name for i in image.check(d, host_tools=False) if not i.ok and i.name != "agent"]
+    d = builder.default_boot_files_path()
+    missing = [i.name for i in builder.check(d, host_tools=False) if not i.ok and i.name != "agent"]
     if missing:
         pytest.skip(f"UVM image incomplete in {d} ({', '.join(missing)}): run `make image`")
     yield d
@@ -111,12 +111,12 @@ def _tail(b: Boot) -> str:
 def test_initrd_boots_to_python_with_the_agent_imported(boot_files: str) -> None:
     b = boot_until(
         qemu_argv(f"{boot_files}/vmlinux", f"{boot_files}/initrd.img", "hcsshim.probe=python", _mux_args()),
-        image_init.PYTHON_READY_MARKER,
+        init_script.PYTHON_READY_MARKER,
         wait_exit=True,
     )
     assert b.found, _tail(b)
     assert b.returncode == 0  # the guest powered off
-    assert any(image_init.USERSPACE_MARKER in line for line in b.lines)
+    assert any(init_script.USERSPACE_MARKER in line for line in b.lines)
     assert not any("insmod" in line and "failed" in line for line in b.lines), _tail(b)
 
 
@@ -154,7 +154,7 @@ def test_rootfs_vhd_boots_through_stage1(boot_files: str) -> None:
             "root=/dev/sda ro rootwait init=/init hcsshim.probe=python",
             extra,
         ),
-        image_init.PYTHON_READY_MARKER,
+        init_script.PYTHON_READY_MARKER,
         wait_exit=True,
     )
     assert b.found, _tail(b)
@@ -164,7 +164,7 @@ def test_rootfs_vhd_boots_through_stage1(boot_files: str) -> None:
 def test_floor_initrd_signals_ready(boot_files: str) -> None:
     b = boot_until(
         qemu_argv(f"{boot_files}/vmlinux", f"{boot_files}/floor-initrd.img", "", []),
-        image_init.READY_MARKER,
+        init_script.READY_MARKER,
         wait_exit=True,
     )
     assert b.found, _tail(b)

@@ -101,6 +101,8 @@ oom_score = 0
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runhcs-v1]
   runtime_type = "io.containerd.runhcs.v1"
+  # hcsshim's own pod annotations (UVM templates on/off) reach the shim.
+  pod_annotations = ["io.hcsshim.*"]
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.lcow-v2]
   runtime_type = "io.containerd.lcow.v2"
@@ -156,6 +158,8 @@ oom_score = 0
 
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runhcs-v1]
   runtime_type = "io.containerd.runhcs.v1"
+  # hcsshim's own pod annotations (UVM templates on/off) reach the shim.
+  pod_annotations = ["io.hcsshim.*"]
 
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.lcow-v2]
   runtime_type = "io.containerd.lcow.v2"

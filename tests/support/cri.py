@@ -57,13 +57,20 @@ class CriClient:
         )
         return stub(request, timeout=self.timeout)
 
-    def sandbox_config(self, name: str, log_directory: str, host_network: bool = True) -> Any:
+    def sandbox_config(
+        self,
+        name: str,
+        log_directory: str,
+        host_network: bool = True,
+        annotations: dict[str, str] | None = None,
+    ) -> Any:
         pb = self.pb
         ns = pb.NamespaceOption(network=pb.NODE if host_network else pb.POD)
         return pb.PodSandboxConfig(
             metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default", attempt=0),
             hostname=name,
             log_directory=log_directory,
+            annotations=annotations or {},
             linux=pb.LinuxPodSandboxConfig(
                 security_context=pb.LinuxSandboxSecurityContext(namespace_options=ns)
             ),

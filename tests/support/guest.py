@@ -14,7 +14,7 @@ from typing import Any
 
 from hcsshim.gcs import protocol as p
 from hcsshim.gcs.bridge import BridgeClient
-from hcsshim.gcs.mux import MuxSession, Role, StreamTransport
+from hcsshim.hvsock import MuxSession, Role, StreamTransport
 
 RUNC = "/usr/sbin/runc"
 

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from hcsshim.image.cpio import CpioWriter
 from hcsshim.layers.vhd import append_footer_to_path
 from hcsshim.uvm.document import boot_files_path
-from hcsshim.uvm.image_cpio import CpioWriter
 from hcsshim.uvm.scsi import ScsiMount
 from hcsshim.uvm.utility_vm import UtilityVM
 

@@ -8,18 +8,18 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from hcsshim.gcs import mux
+from hcsshim import hvsock
 from hcsshim.gcs import protocol as p
 from hcsshim.gcs.bridge import BridgeClient, BridgeClosedError, BridgeError, BridgeTimeoutError
 
-FakeGuest = Callable[[mux.Channel, p.Message], Awaitable[None]]
+FakeGuest = Callable[[hvsock.Channel, p.Message], Awaitable[None]]
 
 
-async def _reply(ch: mux.Channel, msg: p.Message, body: dict[str, object]) -> None:
+async def _reply(ch: hvsock.Channel, msg: p.Message, body: dict[str, object]) -> None:
     await ch.write(p.encode(p.response_type(msg.type), msg.id, {"Result": 0, **body}))
 
 
-async def _fake_guest(session: mux.MuxSession, handle: FakeGuest) -> None:
+async def _fake_guest(session: hvsock.MuxSession, handle: FakeGuest) -> None:
     ch = await session.dial(p.BRIDGE_PORT, timeout=5)
     dec = p.Decoder()
     while data := await ch.read():
@@ -35,8 +35,8 @@ def _run(handle: FakeGuest, body: Callable[[BridgeClient, list[dict[str, object]
         a, b = socket.socketpair()
         ra, wa = await asyncio.open_connection(sock=a)
         rb, wb = await asyncio.open_connection(sock=b)
-        host = mux.MuxSession(mux.StreamTransport(ra, wa), mux.Role.HOST).start()
-        guest = mux.MuxSession(mux.StreamTransport(rb, wb), mux.Role.GUEST).start()
+        host = hvsock.MuxSession(hvsock.StreamTransport(ra, wa), hvsock.Role.HOST).start()
+        guest = hvsock.MuxSession(hvsock.StreamTransport(rb, wb), hvsock.Role.GUEST).start()
         listener = await host.listen(p.BRIDGE_PORT)
         fake = asyncio.create_task(_fake_guest(guest, handle))
         notes: list[dict[str, object]] = []
@@ -54,9 +54,9 @@ def _run(handle: FakeGuest, body: Callable[[BridgeClient, list[dict[str, object]
 
 
 def test_fake_guest_response_matching_out_of_order_and_notifications() -> None:
-    held: list[tuple[mux.Channel, p.Message]] = []
+    held: list[tuple[hvsock.Channel, p.Message]] = []
 
-    async def handle(ch: mux.Channel, msg: p.Message) -> None:
+    async def handle(ch: hvsock.Channel, msg: p.Message) -> None:
         held.append((ch, msg))
         if len(held) == 2:
             # Answer in reverse order, with a notification in between.
@@ -77,7 +77,7 @@ def test_fake_guest_response_matching_out_of_order_and_notifications() -> None:
 
 
 def test_fake_guest_error_response_raises_bridge_error() -> None:
-    async def handle(ch: mux.Channel, msg: p.Message) -> None:
+    async def handle(ch: hvsock.Channel, msg: p.Message) -> None:
         err = p.error_response(p.GcsError("no such container", p.Hresult.VMCOMPUTE_SYSTEM_NOT_FOUND))
         await ch.write(p.encode(p.response_type(msg.type), msg.id, err))
 
@@ -90,7 +90,7 @@ def test_fake_guest_error_response_raises_bridge_error() -> None:
 
 
 def test_fake_guest_silent_call_times_out_naming_the_operation() -> None:
-    async def handle(ch: mux.Channel, msg: p.Message) -> None:
+    async def handle(ch: hvsock.Channel, msg: p.Message) -> None:
         return None
 
     async def body(client: BridgeClient, notes: list[dict[str, object]]) -> None:
@@ -101,7 +101,7 @@ def test_fake_guest_silent_call_times_out_naming_the_operation() -> None:
 
 
 def test_fake_guest_going_away_mid_call_and_fail() -> None:
-    async def handle(ch: mux.Channel, msg: p.Message) -> None:
+    async def handle(ch: hvsock.Channel, msg: p.Message) -> None:
         if p.rpc_of(msg.type) == p.Rpc.DUMP_STACKS:
             ch.close()
 
@@ -113,7 +113,7 @@ def test_fake_guest_going_away_mid_call_and_fail() -> None:
 
     _run(handle, body)
 
-    async def never(ch: mux.Channel, msg: p.Message) -> None:
+    async def never(ch: hvsock.Channel, msg: p.Message) -> None:
         return None
 
     async def body2(client: BridgeClient, notes: list[dict[str, object]]) -> None:

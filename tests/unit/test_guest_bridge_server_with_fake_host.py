@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hcsshim.gcs import mux
+from hcsshim import hvsock
 from hcsshim.gcs import protocol as p
 from hcsshim.gcs.bridge import BridgeClient
 from hcsshim.guest.server import BridgeServer
@@ -43,12 +43,12 @@ bodies = st.one_of(
 )
 
 
-async def _serve_pair() -> tuple[mux.MuxSession, mux.MuxSession, BridgeServer, asyncio.Task[None]]:
+async def _serve_pair() -> tuple[hvsock.MuxSession, hvsock.MuxSession, BridgeServer, asyncio.Task[None]]:
     a, b = socket.socketpair()
     ra, wa = await asyncio.open_connection(sock=a)
     rb, wb = await asyncio.open_connection(sock=b)
-    host = mux.MuxSession(mux.StreamTransport(ra, wa), mux.Role.HOST).start()
-    guest = mux.MuxSession(mux.StreamTransport(rb, wb), mux.Role.GUEST).start()
+    host = hvsock.MuxSession(hvsock.StreamTransport(ra, wa), hvsock.Role.HOST).start()
+    guest = hvsock.MuxSession(hvsock.StreamTransport(rb, wb), hvsock.Role.GUEST).start()
     server = BridgeServer(FakeHost(), guest)  # type: ignore[arg-type]
     task = asyncio.create_task(server.serve_forever(redial_delay=0.01))
     return host, guest, server, task

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from hcsshim.gcs import mux
+from hcsshim import hvsock
 from hcsshim.gcs import protocol as p
 from hcsshim.gcs.bridge import BridgeClient
 from hcsshim.guest import oom
@@ -102,12 +102,12 @@ class FakeHost:
     notify_oom: Any = None
 
 
-async def _pair() -> tuple[mux.MuxSession, mux.MuxSession, BridgeServer, FakeHost, asyncio.Task[None]]:
+async def _pair() -> tuple[hvsock.MuxSession, hvsock.MuxSession, BridgeServer, FakeHost, asyncio.Task[None]]:
     a, b = socket.socketpair()
     ra, wa = await asyncio.open_connection(sock=a)
     rb, wb = await asyncio.open_connection(sock=b)
-    host = mux.MuxSession(mux.StreamTransport(ra, wa), mux.Role.HOST).start()
-    guest = mux.MuxSession(mux.StreamTransport(rb, wb), mux.Role.GUEST).start()
+    host = hvsock.MuxSession(hvsock.StreamTransport(ra, wa), hvsock.Role.HOST).start()
+    guest = hvsock.MuxSession(hvsock.StreamTransport(rb, wb), hvsock.Role.GUEST).start()
     fake = FakeHost()
     server = BridgeServer(fake, guest)  # type: ignore[arg-type]
     task = asyncio.create_task(server.serve_forever(redial_delay=0.01))

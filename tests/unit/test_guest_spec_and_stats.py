@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from hcsshim.gcs import devices
 from hcsshim.gcs.protocol import GcsError
 from hcsshim.guest import spec, stats
 from hcsshim.guest.syscalls import split_options
+from hcsshim.hvsock import abi
 
 
 def _spec(annotations: dict[str, str] | None = None) -> dict[str, Any]:
@@ -89,20 +89,20 @@ def test_cgroup_v2_and_v1_metrics_with_fake_cgroupfs(tmp_path: Path) -> None:
 
 
 def test_device_addressing() -> None:
-    assert devices.scsi_pci_address(2) == "00:12.0"
-    assert devices.scsi_sysfs_glob(0, 3) == "/sys/bus/pci/devices/0000:00:10.0/virtio*/host*/target*/*:0:0:3"
-    assert devices.plan9_share_path("4") == "/run/mounts/plan9/4"
-    assert devices.vpmem_device(1) == "/dev/pmem1"
+    assert abi.scsi_pci_address(2) == "00:12.0"
+    assert abi.scsi_sysfs_glob(0, 3) == "/sys/bus/pci/devices/0000:00:10.0/virtio*/host*/target*/*:0:0:3"
+    assert abi.plan9_share_path("4") == "/run/mounts/plan9/4"
+    assert abi.vpmem_device(1) == "/dev/pmem1"
     with pytest.raises(ValueError):
-        devices.scsi_pci_address(4)
+        abi.scsi_pci_address(4)
 
 
 def test_find_scsi_device_with_fake_sysfs(tmp_path: Path) -> None:
     dev = tmp_path / "sys/bus/pci/devices/0000:00:11.0/virtio3/host0/target0:0:0/0:0:0:5/block/sdc"
     dev.mkdir(parents=True)
-    found = devices.find_scsi_device(1, 5, str(tmp_path))
+    found = abi.find_scsi_device(1, 5, str(tmp_path))
     assert found is not None and found[1] == "/dev/sdc"
-    assert devices.find_scsi_device(1, 6, str(tmp_path)) is None
+    assert abi.find_scsi_device(1, 6, str(tmp_path)) is None
 
 
 def test_mount_option_split() -> None:

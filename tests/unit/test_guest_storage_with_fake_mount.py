@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from hcsshim.gcs import devices
-from hcsshim.gcs.protocol import NULL_CONTAINER_ID, GcsError
+from hcsshim.gcs.protocol import GcsError
 from hcsshim.guest import storage
 from hcsshim.guest.syscalls import MS_BIND, MS_RDONLY, MS_REMOUNT
+from hcsshim.hvsock import abi
+from hcsshim.hvsock.abi import NULL_CONTAINER_ID
 
 Calls = list[tuple[str, str, str, int, str]]
 
@@ -34,7 +35,7 @@ def test_fake_mount_plan9_tag_mounted_once_then_shares_bound(
     mounts: Calls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "plan9-root"
-    monkeypatch.setattr(devices, "PLAN9_ROOT", str(root))
+    monkeypatch.setattr(abi, "PLAN9_ROOT", str(root))
     (root / "3").mkdir(parents=True)
     (root / "4").mkdir()
     storage.add_plan9({"MountPath": str(tmp_path / "m3"), "ShareName": "3", "ReadOnly": True, "Port": 564})
@@ -84,7 +85,7 @@ def _fake_scsi_disk(
 ) -> tuple[str, Path]:
     """A fake sysfs tree for one SCSI disk (size None: no size file yet); returns (sysfs root, dev root)."""
     sysfs, dev_root = tmp_path / "sysfs", tmp_path / "devroot"
-    slot = devices.SCSI_PCI_SLOT_BASE + controller
+    slot = abi.SCSI_PCI_SLOT_BASE + controller
     disk = sysfs / f"sys/bus/pci/devices/0000:00:{slot:02x}.0/virtio3/host2/target2:0:0/2:0:0:{lun}"
     (disk / "block" / name).mkdir(parents=True)
     if size is not None:

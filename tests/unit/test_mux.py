@@ -11,28 +11,28 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hcsshim.gcs import mux
+from hcsshim.hvsock import codec, session, transports
 
 frames = st.one_of(
     st.builds(
-        mux.open_frame, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)
+        codec.open_frame, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)
     ),
-    st.builds(mux.accept_frame, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
-    st.builds(mux.reject_frame, st.integers(0, 2**32 - 1), st.text(max_size=50)),
-    st.builds(mux.window_frame, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    st.builds(codec.accept_frame, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    st.builds(codec.reject_frame, st.integers(0, 2**32 - 1), st.text(max_size=50)),
+    st.builds(codec.window_frame, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
     st.builds(
-        lambda c, d: mux.Frame(mux.Kind.DATA, c, d), st.integers(0, 2**32 - 1), st.binary(max_size=300)
+        lambda c, d: codec.Frame(codec.Kind.DATA, c, d), st.integers(0, 2**32 - 1), st.binary(max_size=300)
     ),
-    st.builds(lambda c: mux.Frame(mux.Kind.CLOSE, c), st.integers(0, 2**32 - 1)),
-    st.builds(lambda c: mux.Frame(mux.Kind.RESET, c), st.integers(0, 2**32 - 1)),
+    st.builds(lambda c: codec.Frame(codec.Kind.CLOSE, c), st.integers(0, 2**32 - 1)),
+    st.builds(lambda c: codec.Frame(codec.Kind.RESET, c), st.integers(0, 2**32 - 1)),
 )
 
 
 @given(st.lists(frames, max_size=10), st.integers(1, 50))
-def test_codec_round_trip_in_chunks(items: list[mux.Frame], chunk: int) -> None:
-    stream = b"".join(mux.encode_frame(f) for f in items)
-    dec = mux.FrameDecoder()
-    out: list[mux.Frame] = []
+def test_codec_round_trip_in_chunks(items: list[codec.Frame], chunk: int) -> None:
+    stream = b"".join(codec.encode_frame(f) for f in items)
+    dec = codec.FrameDecoder()
+    out: list[codec.Frame] = []
     for off in range(0, len(stream), chunk):
         out += dec.feed(stream[off : off + chunk])
     assert out == items
@@ -41,42 +41,42 @@ def test_codec_round_trip_in_chunks(items: list[mux.Frame], chunk: int) -> None:
 @given(st.binary(max_size=400))
 def test_codec_garbage_is_a_clean_protocol_error(data: bytes) -> None:
     try:
-        for f in mux.FrameDecoder().feed(data):
-            assert isinstance(f.kind, mux.Kind)
-    except mux.MuxProtocolError:
+        for f in codec.FrameDecoder().feed(data):
+            assert isinstance(f.kind, codec.Kind)
+    except codec.MuxProtocolError:
         pass
 
 
 def test_oversized_payload_rejected() -> None:
     with pytest.raises(ValueError):
-        mux.encode_frame(mux.Frame(mux.Kind.DATA, 1, b"x" * (mux.MAX_PAYLOAD + 1)))
-    with pytest.raises(mux.MuxProtocolError):
-        mux.FrameDecoder().feed(mux.FRAME.pack(mux.Kind.DATA, 0, 0, 1, mux.MAX_PAYLOAD + 1))
-    with pytest.raises(mux.MuxProtocolError):
-        mux.FrameDecoder().feed(mux.FRAME.pack(mux.Kind.WINDOW, 0, 0, 1, 3) + b"abc")
+        codec.encode_frame(codec.Frame(codec.Kind.DATA, 1, b"x" * (codec.MAX_PAYLOAD + 1)))
+    with pytest.raises(codec.MuxProtocolError):
+        codec.FrameDecoder().feed(codec.FRAME.pack(codec.Kind.DATA, 0, 0, 1, codec.MAX_PAYLOAD + 1))
+    with pytest.raises(codec.MuxProtocolError):
+        codec.FrameDecoder().feed(codec.FRAME.pack(codec.Kind.WINDOW, 0, 0, 1, 3) + b"abc")
 
 
-Pair = tuple[mux.MuxSession, mux.MuxSession]
+Pair = tuple[session.MuxSession, session.MuxSession]
 
 
-async def _socket_pair(window: int = mux.DEFAULT_WINDOW) -> Pair:
+async def _socket_pair(window: int = session.DEFAULT_WINDOW) -> Pair:
     a, b = socket.socketpair()
     ra, wa = await asyncio.open_connection(sock=a)
     rb, wb = await asyncio.open_connection(sock=b)
-    host = mux.MuxSession(mux.StreamTransport(ra, wa), mux.Role.HOST, window=window).start()
-    guest = mux.MuxSession(mux.StreamTransport(rb, wb), mux.Role.GUEST, window=window).start()
+    host = session.MuxSession(transports.StreamTransport(ra, wa), session.Role.HOST, window=window).start()
+    guest = session.MuxSession(transports.StreamTransport(rb, wb), session.Role.GUEST, window=window).start()
     return host, guest
 
 
-async def _fd_pair(window: int = mux.DEFAULT_WINDOW) -> Pair:
+async def _fd_pair(window: int = session.DEFAULT_WINDOW) -> Pair:
     # Two pipes stand in for a char device: raw fds read and written with os.read/os.write.
     h2g_r, h2g_w = os.pipe()
     g2h_r, g2h_w = os.pipe()
 
-    class Duplex(mux.FdTransport):
+    class Duplex(transports.FdTransport):
         def __init__(self, rfd: int, wfd: int) -> None:
             super().__init__(rfd)
-            self._w = mux.FdTransport(wfd)
+            self._w = transports.FdTransport(wfd)
 
         async def write(self, data: bytes) -> None:
             await self._w.write(data)
@@ -85,13 +85,14 @@ async def _fd_pair(window: int = mux.DEFAULT_WINDOW) -> Pair:
             super().close()
             self._w.close()
 
-    host = mux.MuxSession(Duplex(g2h_r, h2g_w), mux.Role.HOST, window=window).start()
-    guest = mux.MuxSession(Duplex(h2g_r, g2h_w), mux.Role.GUEST, window=window).start()
+    host = session.MuxSession(Duplex(g2h_r, h2g_w), session.Role.HOST, window=window).start()
+    guest = session.MuxSession(Duplex(h2g_r, g2h_w), session.Role.GUEST, window=window).start()
     return host, guest
 
 
 def _run(
-    make: Callable[[], Awaitable[Pair]], body: Callable[[mux.MuxSession, mux.MuxSession], Awaitable[None]]
+    make: Callable[[], Awaitable[Pair]],
+    body: Callable[[session.MuxSession, session.MuxSession], Awaitable[None]],
 ) -> None:
     async def main() -> None:
         host, guest = await make()
@@ -106,7 +107,7 @@ def _run(
 
 @pytest.mark.parametrize("make", [_socket_pair, _fd_pair], ids=["socket", "fd"])
 def test_dial_accept_echo_and_half_close(make: Callable[[], Awaitable[Pair]]) -> None:
-    async def body(host: mux.MuxSession, guest: mux.MuxSession) -> None:
+    async def body(host: session.MuxSession, guest: session.MuxSession) -> None:
         lst = await host.listen(1234)
         gch = await guest.dial(1234)
         hch = await lst.accept()
@@ -133,7 +134,7 @@ def test_dial_accept_echo_and_half_close(make: Callable[[], Awaitable[Pair]]) ->
 
 
 def test_dial_without_listener_is_refused() -> None:
-    async def body(host: mux.MuxSession, guest: mux.MuxSession) -> None:
+    async def body(host: session.MuxSession, guest: session.MuxSession) -> None:
         with pytest.raises(ConnectionRefusedError, match="no listener"):
             await guest.dial(99)
         with pytest.raises(OSError):
@@ -144,7 +145,7 @@ def test_dial_without_listener_is_refused() -> None:
 
 
 def test_stalled_channel_does_not_block_others() -> None:
-    async def body(host: mux.MuxSession, guest: mux.MuxSession) -> None:
+    async def body(host: session.MuxSession, guest: session.MuxSession) -> None:
         lst = await host.listen(1)
         stalled = await guest.dial(1)
         await lst.accept()  # never read from
@@ -163,7 +164,7 @@ def test_stalled_channel_does_not_block_others() -> None:
 
 
 def test_reset_and_session_close_fail_cleanly() -> None:
-    async def body(host: mux.MuxSession, guest: mux.MuxSession) -> None:
+    async def body(host: session.MuxSession, guest: session.MuxSession) -> None:
         lst = await host.listen(7)
         gch = await guest.dial(7)
         hch = await lst.accept()
@@ -191,7 +192,7 @@ def test_garbage_on_the_wire_closes_session_with_reason() -> None:
     async def main() -> None:
         a, b = socket.socketpair()
         ra, wa = await asyncio.open_connection(sock=a)
-        host = mux.MuxSession(mux.StreamTransport(ra, wa), mux.Role.HOST).start()
+        host = session.MuxSession(transports.StreamTransport(ra, wa), session.Role.HOST).start()
         b.sendall(b"\xffgarbage-garbage")
         await asyncio.wait_for(host.wait_closed(), 5)
         assert "protocol error" in host.close_reason
@@ -210,13 +211,13 @@ def test_session_over_a_real_char_device_pty() -> None:
         master, slave = pty.openpty()
         tty.setraw(slave)  # a byte pipe: no echo, no line discipline
         path = os.ttyname(slave)
-        guest_t = mux.open_char_device(path)
+        guest_t = transports.open_char_device(path)
         os.close(slave)
-        host = mux.MuxSession(mux.FdTransport(master), mux.Role.HOST).start()
-        guest = mux.MuxSession(guest_t, mux.Role.GUEST).start()
+        host = session.MuxSession(transports.FdTransport(master), session.Role.HOST).start()
+        guest = session.MuxSession(guest_t, session.Role.GUEST).start()
         return host, guest
 
-    async def body(host: mux.MuxSession, guest: mux.MuxSession) -> None:
+    async def body(host: session.MuxSession, guest: session.MuxSession) -> None:
         lst = await host.listen(0x40000000)
         gch = await guest.dial(0x40000000)
         hch = await lst.accept()

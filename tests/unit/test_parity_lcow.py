@@ -22,7 +22,7 @@ from hcsshim.builder import (
     build_lcow_uvm_v1,
     build_lcow_uvm_v2,
 )
-from hcsshim.builder.options import SCSI_CONTROLLER_GUIDS
+from hcsshim.hvsock.abi import SCSI_CONTROLLER_GUIDS
 
 BOOT = "/var/cache/hcsshim/uvm"
 ALL_BOOT_FILES = frozenset({"kernel", "vmlinux", "initrd.img", "rootfs.vhd"})

@@ -12,7 +12,7 @@ import pytest
 
 from hcsshim import hcs
 from hcsshim.hcs.qemu import system as qemu_system
-from hcsshim.hcs.qemu.config import SCSI_CONTROLLER_GUIDS
+from hcsshim.hvsock.abi import SCSI_CONTROLLER_GUIDS
 from hcsshim.uvm.document import minimal_lcow_document
 from tests.support import fake_qemu
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hcsshim import hcs
-from hcsshim.gcs import mux
+from hcsshim import hcs, hvsock
 from hcsshim.hcs.qemu import system as qemu_system
 from hcsshim.hcs.qemu import vsock
 from hcsshim.hcs.qemu.cmdline import Paths, build_argv
@@ -199,7 +198,7 @@ def test_accept_runs_mux_over_guest_connection_with_fake_vsock() -> None:
     async def run() -> None:
         host = TcpVsockHost(cid=42)
         transport = vsock.transport_for(type("S", (), {"vsock_host": host, "id": "vm"})())
-        session = mux.MuxSession(transport, mux.Role.HOST).start()
+        session = hvsock.MuxSession(transport, hvsock.Role.HOST).start()
         listener = await session.listen(0x40000000)
 
         async def connect(cid: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -214,7 +213,7 @@ def test_accept_runs_mux_over_guest_connection_with_fake_vsock() -> None:
         r, _w = await connect(99)
         assert await asyncio.wait_for(r.read(), 5) == b""
         r, w = await connect(42)
-        guest = mux.MuxSession(mux.StreamTransport(r, w), mux.Role.GUEST).start()
+        guest = hvsock.MuxSession(hvsock.StreamTransport(r, w), hvsock.Role.GUEST).start()
         ch = await guest.dial(0x40000000, timeout=5)
         await ch.write(b"hello")
         accepted = await asyncio.wait_for(listener.accept(), 5)

@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 
 from hcsshim.api.shimdiag import shimdiag_pb2 as diag
-from hcsshim.gcs.protocol import NULL_CONTAINER_ID
+from hcsshim.hvsock.abi import NULL_CONTAINER_ID
 from hcsshim.shim.io import open_fifo, read_some
 from hcsshim.shim.pod import Pod
 from hcsshim.shim.process import State

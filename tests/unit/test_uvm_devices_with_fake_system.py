@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from hcsshim.hcs import ComputeSystem, Document, ExitInfo, HcsError, SystemState, document_to_dict
-from hcsshim.hcs.qemu.config import SCSI_CONTROLLER_GUIDS
+from hcsshim.hvsock.abi import SCSI_CONTROLLER_GUIDS
 from hcsshim.uvm.errors import UvmError
 from hcsshim.uvm.utility_vm import UtilityVM
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from hcsshim.cli import main as cli_main
-from hcsshim.uvm import image, image_cpio, image_deps, image_init
+from hcsshim.hvsock import abi
+from hcsshim.image import builder, cpio, dependencies, init_script
 
 V = "kernel/drivers/virtio"
 MODULES_DEP = f"""\
@@ -34,13 +35,13 @@ kernel/fs/overlayfs/overlay.ko:
 MODULES_BUILTIN = "kernel/fs/ext4/ext4.ko\nkernel/crypto/crc32c_generic.ko\n"
 
 
-def _index() -> image_deps.ModuleIndex:
-    return image_deps.ModuleIndex.parse(MODULES_DEP, MODULES_BUILTIN)
+def _index() -> dependencies.ModuleIndex:
+    return dependencies.ModuleIndex.parse(MODULES_DEP, MODULES_BUILTIN)
 
 
 def test_module_resolution_orders_dependencies_first_once() -> None:
-    plan = image_deps.resolve_modules(["virtio_pci", "virtio_console", "9p", "ext4", "nosuch"], _index())
-    names = [image_deps.module_name(p) for p in plan.load_order]
+    plan = dependencies.resolve_modules(["virtio_pci", "virtio_console", "9p", "ext4", "nosuch"], _index())
+    names = [dependencies.module_name(p) for p in plan.load_order]
     assert names == [
         "virtio_pci_modern_dev",
         "virtio_ring",
@@ -56,25 +57,25 @@ def test_module_resolution_orders_dependencies_first_once() -> None:
 
 
 def test_module_names_normalize_dashes() -> None:
-    assert image_deps.module_name("kernel/drivers/char/hw_random/virtio-rng.ko") == "virtio_rng"
-    plan = image_deps.resolve_modules(["virtio-rng"], _index())
+    assert dependencies.module_name("kernel/drivers/char/hw_random/virtio-rng.ko") == "virtio_rng"
+    plan = dependencies.resolve_modules(["virtio-rng"], _index())
     assert plan.load_order[-1].endswith("virtio-rng.ko")
 
 
 def test_module_cycle_is_an_error() -> None:
-    idx = image_deps.ModuleIndex.parse("a.ko: b.ko\nb.ko: a.ko\n")
+    idx = dependencies.ModuleIndex.parse("a.ko: b.ko\nb.ko: a.ko\n")
     with pytest.raises(ValueError, match="cycle"):
-        image_deps.resolve_modules(["a"], idx)
+        dependencies.resolve_modules(["a"], idx)
 
 
 def test_split_load_order_puts_filesystems_before_buses() -> None:
-    early, rest = image_deps.split_load_order(
+    early, rest = dependencies.split_load_order(
         ["virtio_pci", "virtio_console"],
         ["virtio_pci", "virtio_console", "virtio_rng", "overlay", "9p"],
         _index(),
     )
-    early_names = [image_deps.module_name(p) for p in early]
-    rest_names = [image_deps.module_name(p) for p in rest]
+    early_names = [dependencies.module_name(p) for p in early]
+    rest_names = [dependencies.module_name(p) for p in rest]
     assert early_names[-2:] == ["virtio_pci", "virtio_console"]
     assert not set(early) & set(rest)
     assert rest_names.index("overlay") < rest_names.index("virtio_rng")
@@ -83,8 +84,8 @@ def test_split_load_order_puts_filesystems_before_buses() -> None:
 
 def test_filtered_modules_dep_only_lists_image_modules() -> None:
     idx = _index()
-    plan = image_deps.resolve_modules(["9p"], idx)
-    text = image_deps.filtered_modules_dep(plan, idx)
+    plan = dependencies.resolve_modules(["9p"], idx)
+    text = dependencies.filtered_modules_dep(plan, idx)
     assert text.splitlines() == [
         "kernel/net/9p/9pnet.ko:",
         "kernel/fs/fscache/fscache.ko:",
@@ -94,9 +95,9 @@ def test_filtered_modules_dep_only_lists_image_modules() -> None:
 
 def test_guest_module_list_covers_the_contract() -> None:
     for needed in ("virtio_pci", "virtio_console", "virtio_scsi", "sd_mod", "9p", "9pnet_virtio", "overlay"):
-        assert needed in image.GUEST_MODULES
-    assert set(image.STAGE1_MODULES) <= set(image.GUEST_MODULES)
-    assert set(image.EARLY_MODULES) <= set(image.GUEST_MODULES)
+        assert needed in builder.GUEST_MODULES
+    assert set(builder.STAGE1_MODULES) <= set(builder.GUEST_MODULES)
+    assert set(builder.EARLY_MODULES) <= set(builder.GUEST_MODULES)
 
 
 APT_SHOW = """\
@@ -114,11 +115,11 @@ Version: 6.1.100-1
 
 
 def test_parse_apt_show_takes_the_first_stanza() -> None:
-    f = image.parse_apt_show(APT_SHOW)
+    f = builder.parse_apt_show(APT_SHOW)
     assert f["Version"] == "6.1.192-2"
     assert f["Size"] == "1500"
-    assert image.kernel_package_from_depends(f["Depends"]) == "linux-image-6.1.0-56-amd64"
-    both = image.parse_apt_show_all(APT_SHOW + "\nPackage: runc\nVersion: 1.1.5\n")
+    assert builder.kernel_package_from_depends(f["Depends"]) == "linux-image-6.1.0-56-amd64"
+    both = builder.parse_apt_show_all(APT_SHOW + "\nPackage: runc\nVersion: 1.1.5\n")
     assert both["linux-image-amd64"]["Version"] == "6.1.192-2"
     assert both["runc"]["Version"] == "1.1.5"
 
@@ -136,23 +137,23 @@ def test_parse_apt_show_takes_the_first_stanza() -> None:
     ],
 )
 def test_kernel_package_from_depends(depends: str, expected: str | None) -> None:
-    assert image.kernel_package_from_depends(depends) == expected
+    assert builder.kernel_package_from_depends(depends) == expected
 
 
 def test_package_file_names_follow_apt() -> None:
-    p = image.Package("busybox-static", "1:1.35.0-4+deb12u1+b1", 10)
+    p = builder.Package("busybox-static", "1:1.35.0-4+deb12u1+b1", 10)
     assert p.deb_name == "busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb"
     assert ":" not in p.key
 
 
 def test_cache_keys_change_with_their_inputs() -> None:
-    a = [image.Package("runc", "1.1.5", 1), image.Package("libc6", "2.36", 1)]
-    b = [image.Package("runc", "1.1.6", 1), image.Package("libc6", "2.36", 1)]
-    assert image.base_key(a, ["x"]) == image.base_key(list(reversed(a)), ["x"])
-    assert image.base_key(a, ["x"]) != image.base_key(b, ["x"])
-    assert image.base_key(a, ["x"]) != image.base_key(a, ["x", "y"])
-    assert image.final_key("base", "agent1") != image.final_key("base", "agent2")
-    assert image.final_key("base1", "agent") != image.final_key("base2", "agent")
+    a = [builder.Package("runc", "1.1.5", 1), builder.Package("libc6", "2.36", 1)]
+    b = [builder.Package("runc", "1.1.6", 1), builder.Package("libc6", "2.36", 1)]
+    assert builder.base_key(a, ["x"]) == builder.base_key(list(reversed(a)), ["x"])
+    assert builder.base_key(a, ["x"]) != builder.base_key(b, ["x"])
+    assert builder.base_key(a, ["x"]) != builder.base_key(a, ["x", "y"])
+    assert builder.final_key("base", "agent1") != builder.final_key("base", "agent2")
+    assert builder.final_key("base1", "agent") != builder.final_key("base2", "agent")
 
 
 def test_agent_hash_tracks_sources_not_bytecode(tmp_path: Path) -> None:
@@ -160,12 +161,12 @@ def test_agent_hash_tracks_sources_not_bytecode(tmp_path: Path) -> None:
     (tmp_path / "guest" / "a.py").write_text("x = 1\n")
     (tmp_path / "__init__.py").write_text("")
     parts = ("__init__.py", "guest")
-    h1 = image.hash_tree(str(tmp_path), parts)
+    h1 = builder.hash_tree(str(tmp_path), parts)
     (tmp_path / "guest" / "__pycache__").mkdir()
     (tmp_path / "guest" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"junk")
-    assert image.hash_tree(str(tmp_path), parts) == h1
+    assert builder.hash_tree(str(tmp_path), parts) == h1
     (tmp_path / "guest" / "a.py").write_text("x = 2\n")
-    assert image.hash_tree(str(tmp_path), parts) != h1
+    assert builder.hash_tree(str(tmp_path), parts) != h1
 
 
 UPSTREAM_ARGV = [
@@ -197,7 +198,7 @@ UPSTREAM_ARGV = [
     ],
 )
 def test_upstream_argv_mapping(argv: list[str], expected: list[str]) -> None:
-    assert image_init.map_upstream_argv(argv) == expected
+    assert init_script.map_upstream_argv(argv) == expected
 
 
 @pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox not installed")
@@ -207,7 +208,7 @@ def test_upstream_argv_mapping(argv: list[str], expected: list[str]) -> None:
 )
 def test_init_script_maps_argv_like_the_python_helper(tmp_path: Path, argv: list[str]) -> None:
     script = tmp_path / "init"
-    script.write_text(image_init.INIT_SCRIPT)
+    script.write_text(init_script.INIT_SCRIPT)
     out = subprocess.run(
         ["busybox", "sh", str(script), *argv],
         env={"HCSSHIM_INIT_TEST": "args", "PATH": "/usr/bin:/bin"},
@@ -215,12 +216,12 @@ def test_init_script_maps_argv_like_the_python_helper(tmp_path: Path, argv: list
         text=True,
         check=True,
     ).stdout.split()
-    assert out == image_init.map_upstream_argv(argv)
+    assert out == init_script.map_upstream_argv(argv)
 
 
 @pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox not installed")
 def test_init_scripts_parse() -> None:
-    for text in (image_init.INIT_SCRIPT, image_init.FLOOR_INIT_SCRIPT):
+    for text in (init_script.INIT_SCRIPT, init_script.FLOOR_INIT_SCRIPT):
         subprocess.run(["busybox", "sh", "-n", "-c", text], check=True)
 
 
@@ -232,7 +233,7 @@ def test_cpio_archive_lists_with_cpio(tmp_path: Path) -> None:
     os.symlink("tool", root / "bin" / "alias")
     (root / "init").write_text("#!/bin/sh\n")
     buf = io.BytesIO()
-    image_cpio.write_tree(str(root), buf)
+    cpio.write_tree(str(root), buf)
     data = buf.getvalue()
     assert data.startswith(b"070701")
     assert len(data) % 512 == 0
@@ -253,19 +254,19 @@ def test_cpio_archive_lists_with_cpio(tmp_path: Path) -> None:
 
 def test_elf_needed_reads_the_host_python() -> None:
     with open(os.path.realpath(sys.executable), "rb") as f:
-        needed = image_deps.elf_needed(f.read())
+        needed = dependencies.elf_needed(f.read())
     assert any(n.startswith("libc.so") for n in needed)
-    assert image_deps.elf_needed(b"#!/bin/sh\n") == []
+    assert dependencies.elf_needed(b"#!/bin/sh\n") == []
 
 
 def test_imported_names_resolves_relative_and_nested_imports() -> None:
     src = "import os\nfrom . import log\nfrom .runc import Runc\ndef f():\n    import json.decoder\n"
-    names = image_deps.imported_names(src, "hcsshim.guest")
+    names = dependencies.imported_names(src, "hcsshim.guest")
     assert {"os", "hcsshim.guest", "hcsshim.guest.log", "hcsshim.guest.runc", "json.decoder"} <= names
 
 
 def test_scan_package_imports_sees_the_agent() -> None:
-    names = image_deps.scan_package_imports(image.agent_source_root().rsplit("/", 1)[0])
+    names = dependencies.scan_package_imports(builder.agent_source_root().rsplit("/", 1)[0])
     assert "asyncio" in names
 
 
@@ -278,15 +279,15 @@ def test_bzimage_payload_and_decompress() -> None:
     header[0x202:0x206] = b"HdrS"
     struct.pack_into("<II", header, 0x248, 16, len(payload))
     data = bytes(header) + b"\0" * 16 + payload + b"tail"
-    kind, got = image.bzimage_payload(data)
+    kind, got = builder.bzimage_payload(data)
     assert (kind, got) == ("xz", payload)
-    assert image.decompress_kernel(data) == elf
-    with pytest.raises(image.ImageError):
-        image.bzimage_payload(b"\0" * 1024)
+    assert builder.decompress_kernel(data) == elf
+    with pytest.raises(builder.ImageError):
+        builder.bzimage_payload(b"\0" * 1024)
 
 
 def test_check_on_an_empty_directory_lists_everything_missing(tmp_path: Path) -> None:
-    items = {i.name: i for i in image.check(str(tmp_path), host_tools=False)}
+    items = {i.name: i for i in builder.check(str(tmp_path), host_tools=False)}
     for name in ("kernel", "vmlinux", "initrd.img", "rootfs.vhd", "manifest.json"):
         assert not items[name].ok
     assert str(tmp_path) in items["kernel"].detail
@@ -301,27 +302,32 @@ def test_check_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_default_boot_files_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(image.ENV_BOOT_FILES, raising=False)
-    assert image.default_boot_files_path() == "/var/cache/hcsshim/uvm"
-    monkeypatch.setenv(image.ENV_BOOT_FILES, "/x/y")
-    assert image.default_boot_files_path() == "/x/y"
+    monkeypatch.delenv(builder.ENV_BOOT_FILES, raising=False)
+    assert builder.default_boot_files_path() == "/var/cache/hcsshim/uvm"
+    monkeypatch.setenv(builder.ENV_BOOT_FILES, "/x/y")
+    assert builder.default_boot_files_path() == "/x/y"
 
 
 def test_human_sizes() -> None:
-    assert image.human(100) == "100 B"
-    assert image.human(2048) == "2.0 KiB"
-    assert image.human(5 * 1024 * 1024) == "5.0 MiB"
+    assert builder.human(100) == "100 B"
+    assert builder.human(2048) == "2.0 KiB"
+    assert builder.human(5 * 1024 * 1024) == "5.0 MiB"
 
 
 def test_init_loads_late_modules_async_by_default_and_tells_the_agent() -> None:
     from hcsshim.guest import storage
 
-    script = image_init.INIT_SCRIPT
-    assert image_init.MODULES_DONE == storage.MODULES_DONE
+    script = init_script.INIT_SCRIPT
+    assert init_script.MODULES_DONE == storage.MODULES_DONE
     assert "modules_mode=$(param hcsshim.modules) || modules_mode=async" in script
     assert '[ "$modules_mode" != sync ]' in script
     assert f"export {storage.MODULES_DONE_ENV}={storage.MODULES_DONE}" in script
     # The mux port's modules load before the agent starts, whatever the mode.
     early = script.index("load_modules /etc/hcsshim/modules.early")
     assert early < script.index("python3 -S -m hcsshim.guest")
-    assert {"virtio_pci", "virtio_console"} <= set(image.EARLY_MODULES)
+    assert {"virtio_pci", "virtio_console"} <= set(builder.EARLY_MODULES)
+
+
+def test_init_script_default_transport_is_the_abi_mux_device() -> None:
+    # /init falls back to this when the kernel command line names no hcsshim.transport.
+    assert f"|| transport=virtio:{abi.VIRTIO_MUX_DEVICE}\n" in init_script.INIT_SCRIPT

@@ -51,6 +51,9 @@ MIGRATION_SOURCE_CONTAINER_ID = "io.microsoft.migration.source-container-id"
 DISABLE_UNSAFE_OPERATIONS = "io.microsoft.disable-unsafe-operations"
 
 # Utility VM.
+# hcsshim's own (no upstream equivalent): restore the UVM from a template of its configuration
+# ("true", the default where the backend can) or boot it cold ("false"). uvm/template.py.
+UVM_TEMPLATES = "io.hcsshim.virtualmachine.templates"
 BOOT_FILES_ROOT_PATH = _VM + "bootfilesrootpath"
 DUMP_DIRECTORY_PATH = _VM + "dump-directory-path"
 DISABLE_WRITABLE_FILE_SHARES = _VM + "fileshares.disablewritable"

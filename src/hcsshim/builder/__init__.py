@@ -16,7 +16,6 @@ from hcsshim.builder.lcow_v1 import UvmOptionsLCOW, build_lcow_uvm_v1
 from hcsshim.builder.lcow_v2 import build_lcow_uvm_v2, resolve_boot_files_root
 from hcsshim.builder.options import (
     DEFAULT_LINUX_BOOT_FILES,
-    SCSI_CONTROLLER_GUIDS,
     BootFiles,
     BuilderError,
     ConfidentialConfig,
@@ -28,7 +27,6 @@ from hcsshim.builder.wcow import build_wcow_hyperv_container_document, build_wco
 
 __all__ = [
     "DEFAULT_LINUX_BOOT_FILES",
-    "SCSI_CONTROLLER_GUIDS",
     "BootFiles",
     "BuilderError",
     "ConfidentialConfig",

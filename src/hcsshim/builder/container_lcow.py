@@ -8,12 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from hcsshim import annotations as an
+from hcsshim.hvsock.abi import LCOW_POD_ROOT, LCOW_ROOT
 from hcsshim.oci import Spec
 from hcsshim.schema import LCOWHostedContainerSettings, Version
-
-# Guest paths (internal/guestpath).
-LCOW_ROOT_PREFIX_IN_UVM = "/run/gcs/c"
-LCOW_V2_ROOT_PREFIX_IN_UVM = "/run/gcs/pods"
 
 
 def sanitize_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -71,9 +68,9 @@ def build_lcow_container_document(
     raw = spec.to_dict() if isinstance(spec, Spec) else dict(spec)
     if not bundle_path:
         bundle_path = (
-            posixpath.join(LCOW_V2_ROOT_PREFIX_IN_UVM, pod_id, container_id)
+            posixpath.join(LCOW_POD_ROOT, pod_id, container_id)
             if pod_id
-            else posixpath.join(LCOW_ROOT_PREFIX_IN_UVM, container_id)
+            else posixpath.join(LCOW_ROOT, container_id)
         )
     final = sanitize_spec(raw)
     root = dict(final.get("root") or {})

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hcsshim.builder.options import ENTROPY_VSOCK_PORT, INITRD_FILE, LOG_VSOCK_PORT, VHD_FILE
+from hcsshim.builder.options import INITRD_FILE, VHD_FILE
+from hcsshim.hvsock.abi import ENTROPY_PORT, LOG_PORT
 
 
 def go_quote(text: str) -> str:
@@ -93,10 +94,10 @@ def kernel_args_v1(k: KernelArgsInput) -> str:
         gcs += " -disable-time-sync"
     if k.scrub_logs is False:
         gcs += " -scrub-logs=false"
-    exec_cmd = f"/bin/vsockexec -e {LOG_VSOCK_PORT} {gcs}"
+    exec_cmd = f"/bin/vsockexec -e {LOG_PORT} {gcs}"
     if k.process_dump_location:
         exec_cmd += " -core-dump-location " + k.process_dump_location
-    init = f"-e {ENTROPY_VSOCK_PORT}"
+    init = f"-e {ENTROPY_PORT}"
     if k.writable_overlay_dirs and k.rootfs_file == VHD_FILE and not k.vpmem_rootfs:
         init += " -w"
     init += f' sh -c "{exec_cmd} & exec sh"' if debugging else " " + exec_cmd
@@ -121,11 +122,7 @@ def kernel_args_v2(k: KernelArgsInput) -> str:
         args.append("pci=off")
     args.append(f"nr_cpus={k.processor_count}")
     args += ["brd.rd_nr=0", "pmtmr=0"]
-    gcs = [
-        f"/bin/vsockexec -r -e {LOG_VSOCK_PORT}"
-        if k.live_migration
-        else f"/bin/vsockexec -e {LOG_VSOCK_PORT}"
-    ]
+    gcs = [f"/bin/vsockexec -r -e {LOG_PORT}" if k.live_migration else f"/bin/vsockexec -e {LOG_PORT}"]
     gcs.append(f"/bin/gcs -v4 -log-format json -loglevel {k.log_level}")
     if k.disable_time_sync:
         gcs.append("-disable-time-sync")
@@ -136,7 +133,7 @@ def kernel_args_v2(k: KernelArgsInput) -> str:
     if k.extra_exec_args:
         gcs.append(k.extra_exec_args)
     gcs_cmd = " ".join(gcs)
-    init = [f"-e {ENTROPY_VSOCK_PORT}"]
+    init = [f"-e {ENTROPY_PORT}"]
     if k.writable_overlay_dirs and k.rootfs_file == VHD_FILE:
         init.append("-w")
     # The missing space after -c is upstream's V2 literal.

@@ -15,14 +15,11 @@ from hcsshim import annotations as an
 from hcsshim.annotations import AnnotationError
 from hcsshim.builder.options import (
     BUILD_V25H1_SERVER,
-    ENTROPY_VSOCK_PORT,
-    GCS_VSOCK_PORT,
-    LOG_VSOCK_PORT,
-    SCSI_CONTROLLER_GUIDS,
     BuilderError,
     HostInfo,
     join_host_path,
 )
+from hcsshim.hvsock.abi import BRIDGE_PORT, ENTROPY_PORT, LOG_PORT, SCSI_CONTROLLER_GUIDS
 from hcsshim.schema import (
     Attachment,
     Chipset,
@@ -227,7 +224,7 @@ def confidential_parts(
     bundle_rootfs = join_host_path(bundle, "rootfs.vhd")
     table = dict(service_table)
     extra_ports = an.parse_csv_uint32(a, an.EXTRA_VSOCK_PORTS)
-    for port in (ENTROPY_VSOCK_PORT, LOG_VSOCK_PORT, GCS_VSOCK_PORT, GCS_VSOCK_PORT + 1, *extra_ports):
+    for port in (ENTROPY_PORT, LOG_PORT, BRIDGE_PORT, BRIDGE_PORT + 1, *extra_ports):
         table[vsock_service_id(port)] = HvSocketServiceConfig(
             allow_wildcard_binds=True,
             bind_security_descriptor=SNP_BIND_SD,

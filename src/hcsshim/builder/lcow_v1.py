@@ -35,7 +35,6 @@ from hcsshim.builder.options import (
     INITRD_FILE,
     KERNEL_FILE,
     MAX_VPMEM_COUNT,
-    SCSI_CONTROLLER_GUIDS,
     UNCOMPRESSED_KERNEL_FILE,
     VHD_FILE,
     BootFiles,
@@ -46,6 +45,7 @@ from hcsshim.builder.options import (
     SandboxOptions,
     normalize_memory_size,
 )
+from hcsshim.hvsock.abi import SCSI_CONTROLLER_GUIDS
 from hcsshim.oci import Spec
 from hcsshim.schema import (
     Attachment,

@@ -30,7 +30,6 @@ from hcsshim.builder.options import (
     DEFAULT_MEMORY_SIZE_IN_MB,
     INITRD_FILE,
     KERNEL_FILE,
-    SCSI_CONTROLLER_GUIDS,
     UNCOMPRESSED_KERNEL_FILE,
     VHD_FILE,
     BootFiles,
@@ -41,6 +40,7 @@ from hcsshim.builder.options import (
     SandboxOptions,
     normalize_memory_size,
 )
+from hcsshim.hvsock.abi import SCSI_CONTROLLER_GUIDS
 from hcsshim.schema import (
     Attachment,
     Chipset,

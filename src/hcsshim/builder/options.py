@@ -7,8 +7,6 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 
-from hcsshim.schema.requests import SCSI_CONTROLLER_GUIDS as SCSI_CONTROLLER_GUIDS  # re-exported
-
 # Boot file names (internal/vm/vmutils/constants.go).
 KERNEL_FILE = "kernel"
 UNCOMPRESSED_KERNEL_FILE = "vmlinux"
@@ -30,11 +28,6 @@ BUILD_19H1 = 18362
 BUILD_COLD_DISCARD_HINT = 18967
 BUILD_V21H1 = 19043
 BUILD_V25H1_SERVER = 26100
-
-# Vsock ports (vmutils, gcs/prot).
-ENTROPY_VSOCK_PORT = 1
-LOG_VSOCK_PORT = 109
-GCS_VSOCK_PORT = 0x40000000
 
 DEFAULT_VPMEM_COUNT = 64
 MAX_VPMEM_COUNT = 128

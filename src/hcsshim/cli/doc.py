@@ -202,8 +202,6 @@ def _render(ns: argparse.Namespace) -> tuple[str, dict[str, str]]:
 
 
 def _default_boot_root() -> str:
-    try:
-        from hcsshim.uvm.image import default_boot_files_path
-    except ImportError:
-        return os.environ.get("HCSSHIM_BOOT_FILES", "/var/cache/hcsshim/uvm")
-    return str(default_boot_files_path())
+    from hcsshim.uvm.document import boot_files_path
+
+    return boot_files_path()

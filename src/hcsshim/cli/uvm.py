@@ -14,13 +14,13 @@ Subparsers = Any  # argparse's _SubParsersAction is private
 
 
 def _print_check(out: str | None) -> int:
-    from hcsshim.uvm import image
+    from hcsshim.image import builder
 
-    items = image.check(out)
+    items = builder.check(out)
     width = max(len(i.name) for i in items)
     for item in items:
         print(f"{'ok     ' if item.ok else 'MISSING'} {item.name:{width}}  {item.detail}")
-    print(_accel_line(image.default_boot_files_path() if out is None else out))
+    print(_accel_line(builder.default_boot_files_path() if out is None else out))
     bad = [i.name for i in items if not i.ok]
     if bad:
         print(f"missing or stale: {', '.join(bad)}; run `hcsshim uvm build`", file=sys.stderr)
@@ -44,13 +44,13 @@ def _accel_line(boot_files: str) -> str:
 
 
 def _cmd_build(ns: argparse.Namespace) -> int:
-    from hcsshim.uvm import image
+    from hcsshim.image import builder
 
     if ns.check:
         return _print_check(ns.out)
     try:
-        image.build(ns.out, force=ns.force, kernel_package=ns.kernel_package)
-    except (image.ImageError, OSError) as e:
+        builder.build(ns.out, force=ns.force, kernel_package=ns.kernel_package)
+    except (builder.ImageError, OSError) as e:
         print(f"hcsshim uvm build: {e}", file=sys.stderr)
         return 1
     return 0

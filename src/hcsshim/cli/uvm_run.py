@@ -118,6 +118,7 @@ async def _pump_stdin(ch: Any) -> None:
 
 
 async def run(ns: argparse.Namespace) -> int:
+    from hcsshim.hvsock.abi import LCOW_ROOT, RequestType, ResourceType
     from hcsshim.uvm.document import default_lcow_document, minimal_lcow_document
     from hcsshim.uvm.utility_vm import UtilityVM
 
@@ -131,7 +132,7 @@ async def run(ns: argparse.Namespace) -> int:
         else default_lcow_document("hcsshim-uvm-run", annotations)
     )
     cid = "run"
-    bundle = f"/run/gcs/c/{cid}"
+    bundle = f"{LCOW_ROOT}/{cid}"
     with tempfile.TemporaryDirectory(prefix="hcsshim-uvm-run-") as work:
         layer_vhd = make_busybox_layer(work)
         vm = await UtilityVM.create(f"uvm-run-{os.getpid()}", doc)
@@ -145,7 +146,7 @@ async def run(ns: argparse.Namespace) -> int:
                 # overlayfs refuses a single lower layer without an upper: scratch on the guest's /run.
                 "ScratchPath": f"/run/scratch/{cid}",
             }
-            await vm.guest_modify("CombinedLayers", "Add", layers)
+            await vm.guest_modify(ResourceType.COMBINED_LAYERS, RequestType.ADD, layers)
             spec = container_spec(args, f"{bundle}/rootfs", terminal)
             document = {
                 "SchemaVersion": {"Major": 2, "Minor": 1},

@@ -16,8 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hcsshim.hvsock.abi import BRIDGE_PORT, FIRST_IO_PORT, NULL_CONTAINER_ID, RequestType, ResourceType
+from hcsshim.hvsock.session import Channel, Listener, MuxSession
+
 from . import protocol as p
-from .mux import Channel, Listener, MuxSession
 from .protocol import GcsError, Rpc
 
 LOG = logging.getLogger("hcsshim.gcs.bridge")
@@ -83,7 +85,7 @@ class BridgeClient:
         self._pending: dict[int, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self._write_lock = asyncio.Lock()
         self._failed: str | None = None
-        self._ports = itertools.count(p.FIRST_IO_PORT)
+        self._ports = itertools.count(FIRST_IO_PORT)
         self._reader = asyncio.create_task(self._read_loop(), name="bridge-read")
         self.negotiated: Negotiated | None = None
         # Set by whoever owns the VM: asked once per stall what the guest is doing when a call times
@@ -103,7 +105,7 @@ class BridgeClient:
     ) -> BridgeClient:
         """Accept the guest's dial on the bridge port, then negotiate the protocol."""
         own = listener is None
-        lst = listener or await session.listen(p.BRIDGE_PORT)
+        lst = listener or await session.listen(BRIDGE_PORT)
         try:
             ch = await asyncio.wait_for(lst.accept(), timeout)
         except TimeoutError:
@@ -358,7 +360,7 @@ class BridgeClient:
     async def modify_settings(
         self,
         request: dict[str, Any],
-        container_id: str = p.NULL_CONTAINER_ID,
+        container_id: str = NULL_CONTAINER_ID,
         *,
         timeout: float | None = None,
     ) -> None:
@@ -372,8 +374,8 @@ class BridgeClient:
     ) -> None:
         await self.modify_settings(
             {
-                "ResourceType": "ContainerConstraints",
-                "RequestType": "Update",
+                "ResourceType": ResourceType.CONTAINER_CONSTRAINTS,
+                "RequestType": RequestType.UPDATE,
                 "Settings": {"Linux": resources},
             },
             container_id,

@@ -13,18 +13,18 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+# Transitional re-exports: guest/server.py still reads p.BRIDGE_PORT and p.NULL_CONTAINER_ID; drop the
+# "as" once it imports them from hcsshim.hvsock.abi like every other user of the device ABI.
+from hcsshim.hvsock.abi import BRIDGE_PORT as BRIDGE_PORT
+from hcsshim.hvsock.abi import NULL_CONTAINER_ID as NULL_CONTAINER_ID
+
 HEADER = struct.Struct("<IIQ")
 HEADER_SIZE = HEADER.size
 # Upstream's host bridge refuses anything larger; the guest honours the same bound so that a
 # corrupt size field can never make either side allocate without limit.
 MAX_MESSAGE_SIZE = 0x10000
 
-BRIDGE_PORT = 0x40000000
-LOG_PORT = 109
-FIRST_IO_PORT = BRIDGE_PORT + 1
-
 PROTOCOL_VERSION = 4
-NULL_CONTAINER_ID = "00000000-0000-0000-0000-000000000000"
 INFINITE_WAIT_TIMEOUT = 0xFFFFFFFF
 
 TYPE_MASK = 0xF0000000
@@ -321,26 +321,6 @@ class NotificationType(enum.StrEnum):
     UNKNOWN = "Unknown"
     # Extension, only ever sent as NOTIFY_OOM (see there); the container keeps running or exits as usual.
     OOM_KILLED = "OomKilled"
-
-
-class ResourceType(enum.StrEnum):
-    MAPPED_DIRECTORY = "MappedDirectory"
-    SCSI_DEVICE = "SCSIDevice"
-    MAPPED_VIRTUAL_DISK = "MappedVirtualDisk"
-    NETWORK = "Network"
-    COMBINED_LAYERS = "CombinedLayers"
-    VPMEM_DEVICE = "VPMemDevice"
-    VPCI_DEVICE = "VPCIDevice"
-    CONTAINER_CONSTRAINTS = "ContainerConstraints"
-    SECURITY_POLICY = "SecurityPolicy"
-    POLICY_FRAGMENT = "SecurityPolicyFragment"
-    POD_CGROUP_MEMORY_LIMIT = "PodCgroupMemoryLimit"
-
-
-class RequestType(enum.StrEnum):
-    ADD = "Add"
-    REMOVE = "Remove"
-    UPDATE = "Update"
 
 
 def container_notification(

@@ -8,10 +8,13 @@ import contextlib
 import os
 import signal
 import sys
+from typing import Any
 
-from hcsshim.gcs import mux
+from hcsshim import hvsock as mux
+from hcsshim.hvsock import clone
 
 from . import log, storage
+from .clone import apply_identity
 from .reaper import REAPER
 from .runtime import Host
 from .server import BridgeServer
@@ -77,6 +80,40 @@ async def _forward_logs(session: mux.MuxSession, port: int) -> log.ChannelHandle
     return log.forward_to(ch.write)
 
 
+async def _wait_for_clone_host(session: mux.MuxSession, nonce: str) -> None:
+    """Listen for the host of a clone restored from this VM, and take on the identity it sends."""
+    listener = await session.listen(clone.RESUME_PORT)
+    # The template's host saves the VM once this line is on the console: from here on the agent
+    # only waits, so every clone starts at this point.
+    await asyncio.to_thread(_console_line, clone.ready_line(nonce))
+    try:
+        while True:
+            ch = await listener.accept()
+            data = b""
+            while not data.endswith(b"\n") and len(data) <= clone.MAX_IDENTITY_BYTES:
+                chunk = await ch.read()
+                if not chunk:
+                    break
+                data += chunk
+            error = ""
+            try:
+                await apply_identity(clone.decode_identity(data))
+            except (clone.CloneProtocolError, OSError) as e:
+                error = str(e)
+                LOG.error("clone identity refused", extra={"error": error})
+            await ch.write(clone.encode_ack(error))
+            ch.close()
+            if not error:
+                return
+    finally:
+        listener.close()
+
+
+def _console_line(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 async def amain(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     if not set_child_subreaper():
@@ -86,30 +123,56 @@ async def amain(args: argparse.Namespace) -> int:
     modules = storage.ModuleGate(args.modules_done)
     if args.transport.startswith("vsock:"):
         await modules.wait("vsock transport")  # vmw_vsock_virtio_transport may be loading still
-    transport = await open_transport(args.transport)
-    session = mux.MuxSession(transport, mux.Role.GUEST).start()
-    log_handler = await _forward_logs(session, args.log_port)
     host = Host(args.root, args.runc, args.cgroup_parent, args.sysfs_root, modules)
-    server = BridgeServer(host, session)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    LOG.info("agent started", extra={"transport": args.transport, "root": args.root, "pid": os.getpid()})
-    serve = asyncio.create_task(server.serve_forever())
-    waiters = [
-        asyncio.create_task(stop.wait()),
-        asyncio.create_task(server.shutdown_requested.wait()),
-        asyncio.create_task(session.wait_closed()),
-        serve,
-    ]
-    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    reason = (
-        "signal"
-        if stop.is_set()
-        else "shutdown request"
-        if server.shutdown_requested.is_set()
-        else "transport closed"
-    )
+    template_nonce: str | None = None
+    waiters: list[asyncio.Task[Any]] = []
+    log_handler: log.ChannelHandler | None = None
+    reason = "signal"
+    while True:
+        transport = await open_transport(args.transport)
+        session = mux.MuxSession(transport, mux.Role.GUEST).start()
+        if template_nonce is not None:
+            waiting = asyncio.create_task(_wait_for_clone_host(session, template_nonce))
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({waiting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                break
+            waiting.result()
+        log_handler = await _forward_logs(session, args.log_port)
+        server = BridgeServer(host, session)
+        LOG.info("agent started", extra={"transport": args.transport, "root": args.root, "pid": os.getpid()})
+        serve = asyncio.create_task(server.serve_forever())
+        waiters = [
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(server.shutdown_requested.wait()),
+            asyncio.create_task(session.wait_closed()),
+            serve,
+        ]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        reason = (
+            "signal"
+            if stop.is_set()
+            else "shutdown request"
+            if server.shutdown_requested.is_set()
+            else "transport closed"
+        )
+        if reason == "transport closed" and server.template_nonce is not None:
+            # The template's host hung up as asked: wait, on a new session, to be restored as a clone.
+            LOG.info("template host hung up", extra={"nonce": server.template_nonce})
+            template_nonce = server.template_nonce
+            for t in waiters:
+                t.cancel()
+            if log_handler is not None:
+                log_handler.close()
+            await session.aclose("template host hung up")
+            waiters, log_handler = [], None
+            continue
+        break
     LOG.info("agent stopping", extra={"reason": reason})
     await host.shutdown()
     await asyncio.sleep(0.05)  # let the ShutdownForced response reach the host

@@ -89,6 +89,7 @@ class ChannelHandler(logging.Handler):
 
     def close(self) -> None:
         self._task.cancel()
+        logging.getLogger("hcsshim.guest").removeHandler(self)
         super().close()
 
 

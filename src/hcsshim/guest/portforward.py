@@ -14,8 +14,8 @@ import contextlib
 import json
 import socket
 
-from hcsshim.gcs.devices import PORT_FORWARD_PORT
-from hcsshim.gcs.mux import Channel, MuxSession
+from hcsshim.hvsock.abi import PORT_FORWARD_PORT
+from hcsshim.hvsock.session import Channel, MuxSession
 
 from . import log
 from .netlink import in_fresh_thread, setns_path

@@ -14,7 +14,7 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hcsshim.gcs.mux import FdTransport
+from hcsshim.hvsock.transports import FdTransport
 
 
 def exit_code_of(status: int) -> int:

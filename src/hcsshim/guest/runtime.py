@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hcsshim.gcs import protocol as p
-from hcsshim.gcs.mux import MuxSession
 from hcsshim.gcs.protocol import GcsError, Hresult, NotificationType
+from hcsshim.hvsock.abi import NULL_CONTAINER_ID, RequestType, ResourceType
+from hcsshim.hvsock.session import MuxSession
 
 from . import log, network, oom, spec, stats, storage
 from .reaper import REAPER, spawn
@@ -143,7 +144,7 @@ class Host:
         return c
 
     async def create_container(self, cid: str, settings: dict[str, Any]) -> Container:
-        if not _ID.match(cid) or cid == p.NULL_CONTAINER_ID:
+        if not _ID.match(cid) or cid == NULL_CONTAINER_ID:
             raise GcsError(f"invalid container id {cid!r}", Hresult.E_INVALIDARG)
         version = settings.get("SchemaVersion") or {}
         if (int(version.get("Major") or 0), int(version.get("Minor") or 0)) < (2, 1):
@@ -352,10 +353,7 @@ class Host:
         return pid
 
     def process(self, cid: str, pid: int) -> Process:
-        if cid == p.NULL_CONTAINER_ID:
-            proc = self.external.get(pid)
-        else:
-            proc = self.container(cid).processes.get(pid)
+        proc = self.external.get(pid) if cid == NULL_CONTAINER_ID else self.container(cid).processes.get(pid)
         if proc is None:
             raise GcsError(f"process {pid} not found in {cid}", Hresult.ERROR_NOT_FOUND)
         return proc
@@ -479,7 +477,7 @@ class Host:
             shutil.rmtree(os.path.join(c.bundle, "pod"), ignore_errors=True)
 
     async def get_properties(self, cid: str, query: dict[str, Any]) -> dict[str, Any]:
-        if cid == p.NULL_CONTAINER_ID:
+        if cid == NULL_CONTAINER_ID:
             raise GcsError("getPropertiesV2 is not supported against the UVM", Hresult.E_NOTIMPL)
         c = self.container(cid)
         props: dict[str, Any] = {}
@@ -505,41 +503,49 @@ class Host:
 
     async def modify_settings(self, cid: str, request: dict[str, Any]) -> None:
         rtype = request.get("ResourceType") or ""
-        action = request.get("RequestType") or p.RequestType.ADD
+        action = request.get("RequestType") or RequestType.ADD
         settings = request.get("Settings") or {}
         if not isinstance(settings, dict):
             raise GcsError("ModifySettings Settings must be an object", Hresult.VMCOMPUTE_INVALID_JSON)
-        if cid != p.NULL_CONTAINER_ID:
-            if rtype == p.ResourceType.CONTAINER_CONSTRAINTS and action == p.RequestType.UPDATE:
+        if cid != NULL_CONTAINER_ID:
+            if rtype == ResourceType.CONTAINER_CONSTRAINTS and action == RequestType.UPDATE:
                 await self.update_container(cid, settings.get("Linux") or {})
                 return
             raise GcsError(f"invalid container modify {rtype}/{action}", Hresult.E_INVALIDARG)
         handlers: dict[tuple[str, str], Callable[[], Any]] = {
-            (p.ResourceType.MAPPED_VIRTUAL_DISK, "Add"): lambda: storage.add_mapped_virtual_disk(
+            (ResourceType.MAPPED_VIRTUAL_DISK, RequestType.ADD): lambda: storage.add_mapped_virtual_disk(
                 settings, self.sysfs_root
             ),
             # Mounts, unmounts and sysfs writes can block (a settling disk, a busy 9p export):
             # they run in a thread so the bridge keeps answering meanwhile.
-            (p.ResourceType.MAPPED_VIRTUAL_DISK, "Remove"): lambda: _off_loop(storage.remove_mount, settings),
-            (p.ResourceType.SCSI_DEVICE, "Remove"): lambda: _off_loop(
+            (ResourceType.MAPPED_VIRTUAL_DISK, RequestType.REMOVE): lambda: _off_loop(
+                storage.remove_mount, settings
+            ),
+            (ResourceType.SCSI_DEVICE, RequestType.REMOVE): lambda: _off_loop(
                 storage.eject_scsi, settings, self.sysfs_root
             ),
-            (p.ResourceType.VPMEM_DEVICE, "Add"): lambda: _off_loop(storage.add_vpmem, settings),
-            (p.ResourceType.VPMEM_DEVICE, "Remove"): lambda: _off_loop(storage.remove_mount, settings),
-            (p.ResourceType.MAPPED_DIRECTORY, "Add"): lambda: _off_loop(storage.add_plan9, settings),
-            (p.ResourceType.MAPPED_DIRECTORY, "Remove"): lambda: _off_loop(storage.remove_mount, settings),
-            (p.ResourceType.COMBINED_LAYERS, "Add"): lambda: _off_loop(storage.add_combined_layers, settings),
-            (p.ResourceType.COMBINED_LAYERS, "Remove"): lambda: _off_loop(
+            (ResourceType.VPMEM_DEVICE, RequestType.ADD): lambda: _off_loop(storage.add_vpmem, settings),
+            (ResourceType.VPMEM_DEVICE, RequestType.REMOVE): lambda: _off_loop(
+                storage.remove_mount, settings
+            ),
+            (ResourceType.MAPPED_DIRECTORY, RequestType.ADD): lambda: _off_loop(storage.add_plan9, settings),
+            (ResourceType.MAPPED_DIRECTORY, RequestType.REMOVE): lambda: _off_loop(
+                storage.remove_mount, settings
+            ),
+            (ResourceType.COMBINED_LAYERS, RequestType.ADD): lambda: _off_loop(
+                storage.add_combined_layers, settings
+            ),
+            (ResourceType.COMBINED_LAYERS, RequestType.REMOVE): lambda: _off_loop(
                 storage.remove_combined_layers, settings
             ),
-            (p.ResourceType.POD_CGROUP_MEMORY_LIMIT, "Update"): lambda: None,
-            (p.ResourceType.NETWORK, "Add"): lambda: self.network.add_adapter(settings),
-            (p.ResourceType.NETWORK, "Remove"): lambda: self.network.remove_adapter(settings),
+            (ResourceType.POD_CGROUP_MEMORY_LIMIT, RequestType.UPDATE): lambda: None,
+            (ResourceType.NETWORK, RequestType.ADD): lambda: self.network.add_adapter(settings),
+            (ResourceType.NETWORK, RequestType.REMOVE): lambda: self.network.remove_adapter(settings),
         }
         handler = handlers.get((rtype, action))
         if handler is None:
             raise GcsError(f"unsupported modify request {rtype}/{action}", Hresult.E_NOTIMPL)
-        if action == "Add":
+        if action == RequestType.ADD:
             await self.modules.wait(f"{rtype} {action}")
         try:
             result = handler()

@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hcsshim.gcs import protocol as p
-from hcsshim.gcs.mux import Channel, MuxSession
 from hcsshim.gcs.protocol import GcsError, Hresult, Rpc
+from hcsshim.hvsock import clone
+from hcsshim.hvsock.session import Channel, MuxSession
 
 from . import log, portforward
 from .runtime import Host
@@ -38,6 +39,8 @@ class BridgeServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.shutdown_requested = asyncio.Event()
         self._negotiated = False
+        # Set by the host's template prepare request (hvsock/clone.py): on hang-up, wait to be cloned.
+        self.template_nonce: str | None = None
         self._handlers: dict[int, Handler] = {
             Rpc.NEGOTIATE_PROTOCOL: self._negotiate,
             Rpc.CREATE: self._create,
@@ -269,7 +272,24 @@ class BridgeServer:
         request = body.get("Request")
         if not isinstance(request, dict):
             raise GcsError("ModifySettings has no Request object", Hresult.VMCOMPUTE_INVALID_JSON)
+        if request.get("ResourceType") == clone.TEMPLATE_RESOURCE_TYPE:
+            return self._prepare_template(request)
         await self.host.modify_settings(str(body.get("ContainerId") or ""), request)
+        return {}
+
+    def _prepare_template(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            nonce = clone.parse_prepare(request)
+        except clone.CloneProtocolError as e:
+            raise GcsError(str(e), Hresult.E_INVALIDARG) from e
+        if self.host.containers:
+            # A clone would inherit processes its host knows nothing about.
+            raise GcsError(
+                f"cannot prepare as a template: {len(self.host.containers)} container(s) exist",
+                Hresult.VMCOMPUTE_INVALID_STATE,
+            )
+        self.template_nonce = nonce
+        LOG.info("prepared as a template; waiting for the host to hang up", extra={"nonce": nonce})
         return {}
 
     async def _dump_stacks(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,8 @@ import os
 import struct
 import termios
 
-from hcsshim.gcs.mux import Channel, FdTransport, MuxSession
+from hcsshim.hvsock.session import Channel, MuxSession
+from hcsshim.hvsock.transports import FdTransport
 
 from . import log
 

@@ -8,8 +8,8 @@ import errno
 import os
 from typing import Any
 
-from hcsshim.gcs import devices
 from hcsshim.gcs.protocol import GcsError, Hresult
+from hcsshim.hvsock import abi
 
 from . import log
 from .syscalls import MNT_DETACH, MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT, is_mountpoint, mount, umount
@@ -33,7 +33,7 @@ def _require(settings: dict[str, Any], key: str) -> Any:
     return value
 
 
-# Written by the UVM's /init once every kernel module is loaded (see hcsshim.uvm.image_init); the
+# Written by the UVM's /init once every kernel module is loaded (see hcsshim.image.init_script); the
 # init script exports its path as HCSSHIM_MODULES_DONE. Empty: nothing to wait for (agent on a host).
 MODULES_DONE = "/run/hcsshim/modules.done"
 MODULES_DONE_ENV = "HCSSHIM_MODULES_DONE"
@@ -96,7 +96,7 @@ async def wait_for_scsi(
     deadline = loop.time() + timeout
     why = ""
     while True:
-        found = devices.find_scsi_device(controller, lun, sysfs_root)
+        found = abi.find_scsi_device(controller, lun, sysfs_root)
         if found is not None:
             dev_dir, dev = found
             # udev is not running in the UVM; the node may lag behind sysfs briefly.
@@ -171,7 +171,7 @@ def remove_mount(settings: dict[str, Any], key: str = "MountPath") -> None:
 def eject_scsi(settings: dict[str, Any], sysfs_root: str = "") -> None:
     controller = int(settings.get("Controller") or 0)
     lun = int(settings.get("Lun") or 0)
-    found = devices.find_scsi_device(controller, lun, sysfs_root)
+    found = abi.find_scsi_device(controller, lun, sysfs_root)
     if found is None:
         return
     with open(os.path.join(found[0], "delete"), "w", encoding="ascii") as f:
@@ -180,7 +180,7 @@ def eject_scsi(settings: dict[str, Any], sysfs_root: str = "") -> None:
 
 def add_vpmem(settings: dict[str, Any]) -> None:
     target = _require(settings, "MountPath")
-    dev = devices.vpmem_device(int(settings.get("DeviceNumber") or 0))
+    dev = abi.vpmem_device(int(settings.get("DeviceNumber") or 0))
     if settings.get("MappingInfo"):
         raise GcsError("multi-mapped VPMem devices are not supported", Hresult.E_NOTIMPL)
     _mkdir(target)
@@ -192,12 +192,10 @@ def add_plan9(settings: dict[str, Any]) -> None:
     share = _require(settings, "ShareName")
     if "/" in share or share in (".", ".."):
         raise GcsError(f"invalid Plan9 share name {share!r}", Hresult.E_INVALIDARG)
-    if not is_mountpoint(devices.PLAN9_ROOT):
-        _mkdir(devices.PLAN9_ROOT)
-        mount(
-            devices.PLAN9_MOUNT_TAG, devices.PLAN9_ROOT, "9p", 0, "trans=virtio,version=9p2000.L,msize=262144"
-        )
-    source = devices.plan9_source_path(share)
+    if not is_mountpoint(abi.PLAN9_ROOT):
+        _mkdir(abi.PLAN9_ROOT)
+        mount(abi.PLAN9_MOUNT_TAG, abi.PLAN9_ROOT, "9p", 0, "trans=virtio,version=9p2000.L,msize=262144")
+    source = abi.plan9_source_path(share)
     if not os.path.exists(source):
         raise GcsError(f"Plan9 share {share} not present at {source}", Hresult.ERROR_NOT_FOUND)
     if os.path.isdir(source):

@@ -75,6 +75,18 @@ async def create_compute_system(
     return await create(system_id, document)
 
 
+async def template_key(document: Document, backend: str | None = None) -> str:
+    """What identifies the configuration in `document` for templating: equal keys mean a clone of a
+    VM saved from one can stand in for a cold boot of the other. ErrNotSupported where the backend
+    cannot clone."""
+    chosen = backend or default_backend()
+    if chosen != "qemu":
+        raise ErrNotSupported("TemplateKey", "", f"the {chosen} backend does not support VM templates")
+    from hcsshim.hcs.qemu.system import template_key as qemu_template_key
+
+    return await qemu_template_key(document)
+
+
 def open_compute_system(system_id: str, backend: str | None = None) -> ComputeSystem:
     """A system created earlier by this process."""
     _, open_ = _backend(backend)
@@ -107,4 +119,5 @@ __all__ = [
     "is_already_stopped",
     "is_not_exist",
     "open_compute_system",
+    "template_key",
 ]

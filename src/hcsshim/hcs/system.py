@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from hcsshim.hcs.errors import ErrVmcomputeInvalidJSON
+from hcsshim.hcs.errors import ErrNotSupported, ErrVmcomputeInvalidJSON
 
 
 class SystemState(enum.Enum):
@@ -101,6 +101,11 @@ class ComputeSystem(abc.ABC):
 
     @abc.abstractmethod
     async def wait(self) -> ExitInfo: ...
+
+    async def save(self, options: Document) -> None:
+        """HcsSaveComputeSystem: with SaveOptions {SaveType: "AsTemplate", SaveStateFilePath} the VM is
+        paused and saved so that clones can be created from it (VirtualMachine.RestoreState)."""
+        raise ErrNotSupported("Save", self.id, f"the {type(self).__name__} backend cannot save a VM")
 
     async def diagnose_stall(self) -> StallDiagnosis:
         """Look into a live guest that stopped answering; backends that can, override this."""

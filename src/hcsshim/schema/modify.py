@@ -12,27 +12,7 @@ from dataclasses import dataclass
 from hcsshim.schema._codec import RawJSON, SchemaObject, j
 from hcsshim.schema.common import Layer
 
-# RequestType values (guestrequest.RequestType).
-REQUEST_ADD = "Add"
-REQUEST_REMOVE = "Remove"
-REQUEST_PRE_ADD = "PreAdd"
-REQUEST_UPDATE = "Update"
-
-# Guest ResourceType values (guestresource.ResourceType*).
-RESOURCE_MAPPED_DIRECTORY = "MappedDirectory"
-RESOURCE_SCSI_DEVICE = "SCSIDevice"
-RESOURCE_MAPPED_VIRTUAL_DISK = "MappedVirtualDisk"
-RESOURCE_MAPPED_VIRTUAL_DISK_FOR_CONTAINER_SCRATCH = "MappedVirtualDiskForContainerScratch"
-RESOURCE_NETWORK = "Network"
-RESOURCE_NETWORK_NAMESPACE = "NetworkNamespace"
-RESOURCE_COMBINED_LAYERS = "CombinedLayers"
-RESOURCE_VPMEM_DEVICE = "VPMemDevice"
-RESOURCE_VPCI_DEVICE = "VPCIDevice"
-RESOURCE_CONTAINER_CONSTRAINTS = "ContainerConstraints"
-RESOURCE_HV_SOCKET = "HvSocket"
-RESOURCE_SECURITY_POLICY = "SecurityPolicy"
-RESOURCE_POLICY_FRAGMENT = "SecurityPolicyFragment"
-RESOURCE_POD_CGROUP_MEMORY_LIMIT = "PodCgroupMemoryLimit"
+# RequestType and guest ResourceType values: hcsshim.hvsock.abi (the guest reads them too).
 
 # Host resource paths (internal/hcs/resourcepaths).
 MEMORY_RESOURCE_PATH = "VirtualMachine/ComputeTopology/Memory/SizeInMB"

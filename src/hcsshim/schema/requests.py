@@ -7,19 +7,21 @@ both parts where upstream sends both, so a caller can split it (V2) or send it w
 
 from __future__ import annotations
 
+from hcsshim.hvsock.abi import (
+    PLAN9_FLAG_LINUX_METADATA,
+    PLAN9_FLAG_READ_ONLY,
+    PLAN9_FLAG_RESTRICT_FILE_ACCESS,
+    PLAN9_PORT,
+    SCSI_CONTROLLER_GUIDS,
+    RequestType,
+    ResourceType,
+    plan9_share_path,
+    scsi_mount_path,
+)
 from hcsshim.schema.modify import (
     CPU_LIMITS_RESOURCE_PATH,
     MEMORY_RESOURCE_PATH,
     PLAN9_SHARE_RESOURCE_PATH,
-    REQUEST_ADD,
-    REQUEST_REMOVE,
-    REQUEST_UPDATE,
-    RESOURCE_CONTAINER_CONSTRAINTS,
-    RESOURCE_MAPPED_DIRECTORY,
-    RESOURCE_MAPPED_VIRTUAL_DISK,
-    RESOURCE_NETWORK,
-    RESOURCE_SCSI_DEVICE,
-    RESOURCE_VPMEM_DEVICE,
     GuestModificationRequest,
     LCOWContainerConstraints,
     LCOWMappedDirectory,
@@ -34,31 +36,11 @@ from hcsshim.schema.modify import (
     vpmem_controller_resource_path,
 )
 from hcsshim.schema.vm import (
-    PLAN9_FLAG_LINUX_METADATA,
-    PLAN9_FLAG_READ_ONLY,
-    PLAN9_FLAG_RESTRICT_FILE_ACCESS,
     Attachment,
     NetworkAdapter,
     Plan9Share,
     VirtualPMemDevice,
 )
-
-PLAN9_PORT = 564
-# SCSI controller keys: fixed V5 GUIDs of names "0".."3" (guestrequest.ScsiControllerGuids).
-SCSI_CONTROLLER_GUIDS = (
-    "df6d0690-79e5-55b6-a5ec-c1e2f77f580a",
-    "0110f83b-de10-5172-a266-78bca56bf50a",
-    "b5d2d8d4-3a75-51bf-945b-3444dc6b8579",
-    "305891a9-b251-5dfe-91a2-c25d9212275b",
-)
-
-
-def scsi_mount_path(controller: int, lun: int, partition: int = 0) -> str:
-    return f"/run/mounts/scsi/{controller}_{lun}_{partition}"
-
-
-def plan9_mount_path(name: str) -> str:
-    return f"/run/mounts/plan9/{name}"
 
 
 def scsi_add(
@@ -66,11 +48,11 @@ def scsi_add(
 ) -> ModifySettingRequest:
     return ModifySettingRequest(
         resource_path=scsi_resource_path(SCSI_CONTROLLER_GUIDS[controller], lun),
-        request_type=REQUEST_ADD,
+        request_type=RequestType.ADD,
         settings=Attachment(type=disk_type, path=host_path, read_only=read_only),
         guest_request=GuestModificationRequest(
-            resource_type=RESOURCE_MAPPED_VIRTUAL_DISK,
-            request_type=REQUEST_ADD,
+            resource_type=ResourceType.MAPPED_VIRTUAL_DISK,
+            request_type=RequestType.ADD,
             settings=LCOWMappedVirtualDisk(
                 mount_path=scsi_mount_path(controller, lun),
                 controller=controller,
@@ -84,8 +66,8 @@ def scsi_add(
 def scsi_unmount(controller: int, lun: int, *, read_only: bool = False) -> GuestModificationRequest:
     """Guest step 1 of a SCSI remove: unmount."""
     return GuestModificationRequest(
-        resource_type=RESOURCE_MAPPED_VIRTUAL_DISK,
-        request_type=REQUEST_REMOVE,
+        resource_type=ResourceType.MAPPED_VIRTUAL_DISK,
+        request_type=RequestType.REMOVE,
         settings=LCOWMappedVirtualDisk(
             mount_path=scsi_mount_path(controller, lun), controller=controller, lun=lun, read_only=read_only
         ),
@@ -95,8 +77,8 @@ def scsi_unmount(controller: int, lun: int, *, read_only: bool = False) -> Guest
 def scsi_eject(controller: int, lun: int) -> GuestModificationRequest:
     """Guest step 2 of a SCSI remove: let the guest drop the device before the host detaches it."""
     return GuestModificationRequest(
-        resource_type=RESOURCE_SCSI_DEVICE,
-        request_type=REQUEST_REMOVE,
+        resource_type=ResourceType.SCSI_DEVICE,
+        request_type=RequestType.REMOVE,
         settings=SCSIDevice(controller=controller, lun=lun),
     )
 
@@ -104,7 +86,8 @@ def scsi_eject(controller: int, lun: int) -> GuestModificationRequest:
 def scsi_remove(controller: int, lun: int) -> ModifySettingRequest:
     """Host step of a SCSI remove (no settings)."""
     return ModifySettingRequest(
-        resource_path=scsi_resource_path(SCSI_CONTROLLER_GUIDS[controller], lun), request_type=REQUEST_REMOVE
+        resource_path=scsi_resource_path(SCSI_CONTROLLER_GUIDS[controller], lun),
+        request_type=RequestType.REMOVE,
     )
 
 
@@ -113,11 +96,11 @@ def vpmem_add(
 ) -> ModifySettingRequest:
     return ModifySettingRequest(
         resource_path=vpmem_controller_resource_path(device),
-        request_type=REQUEST_ADD,
+        request_type=RequestType.ADD,
         settings=VirtualPMemDevice(host_path=host_path, read_only=True, image_format=image_format),
         guest_request=GuestModificationRequest(
-            resource_type=RESOURCE_VPMEM_DEVICE,
-            request_type=REQUEST_ADD,
+            resource_type=ResourceType.VPMEM_DEVICE,
+            request_type=RequestType.ADD,
             settings=LCOWMappedVPMemDevice(device_number=device, mount_path=mount_path),
         ),
     )
@@ -126,10 +109,10 @@ def vpmem_add(
 def vpmem_remove(device: int, mount_path: str) -> ModifySettingRequest:
     return ModifySettingRequest(
         resource_path=vpmem_controller_resource_path(device),
-        request_type=REQUEST_REMOVE,
+        request_type=RequestType.REMOVE,
         guest_request=GuestModificationRequest(
-            resource_type=RESOURCE_VPMEM_DEVICE,
-            request_type=REQUEST_REMOVE,
+            resource_type=ResourceType.VPMEM_DEVICE,
+            request_type=RequestType.REMOVE,
             settings=LCOWMappedVPMemDevice(device_number=device, mount_path=mount_path),
         ),
     )
@@ -149,7 +132,7 @@ def plan9_add(
 ) -> ModifySettingRequest:
     return ModifySettingRequest(
         resource_path=PLAN9_SHARE_RESOURCE_PATH,
-        request_type=REQUEST_ADD,
+        request_type=RequestType.ADD,
         settings=Plan9Share(
             name=name,
             access_name=name,
@@ -159,10 +142,10 @@ def plan9_add(
             allowed_files=list(allowed_files or []),
         ),
         guest_request=GuestModificationRequest(
-            resource_type=RESOURCE_MAPPED_DIRECTORY,
-            request_type=REQUEST_ADD,
+            resource_type=ResourceType.MAPPED_DIRECTORY,
+            request_type=RequestType.ADD,
             settings=LCOWMappedDirectory(
-                mount_path=plan9_mount_path(name), port=PLAN9_PORT, share_name=name, read_only=read_only
+                mount_path=plan9_share_path(name), port=PLAN9_PORT, share_name=name, read_only=read_only
             ),
         ),
     )
@@ -171,13 +154,13 @@ def plan9_add(
 def plan9_remove(name: str, *, read_only: bool = False) -> ModifySettingRequest:
     return ModifySettingRequest(
         resource_path=PLAN9_SHARE_RESOURCE_PATH,
-        request_type=REQUEST_REMOVE,
+        request_type=RequestType.REMOVE,
         settings=Plan9Share(name=name, access_name=name, port=PLAN9_PORT),
         guest_request=GuestModificationRequest(
-            resource_type=RESOURCE_MAPPED_DIRECTORY,
-            request_type=REQUEST_REMOVE,
+            resource_type=ResourceType.MAPPED_DIRECTORY,
+            request_type=RequestType.REMOVE,
             settings=LCOWMappedDirectory(
-                mount_path=plan9_mount_path(name), port=PLAN9_PORT, share_name=name, read_only=read_only
+                mount_path=plan9_share_path(name), port=PLAN9_PORT, share_name=name, read_only=read_only
             ),
         ),
     )
@@ -188,12 +171,12 @@ def network_add(
 ) -> ModifySettingRequest:
     request = ModifySettingRequest(
         resource_path=network_resource_path(nic_id),
-        request_type=REQUEST_ADD,
+        request_type=RequestType.ADD,
         settings=NetworkAdapter(endpoint_id=endpoint_id, mac_address=mac),
     )
     if guest is not None:
         request.guest_request = GuestModificationRequest(
-            resource_type=RESOURCE_NETWORK, request_type=REQUEST_ADD, settings=guest
+            resource_type=ResourceType.NETWORK, request_type=RequestType.ADD, settings=guest
         )
     return request
 
@@ -201,11 +184,11 @@ def network_add(
 def network_remove(nic_id: str, endpoint_id: str, mac: str, namespace_id: str = "") -> ModifySettingRequest:
     return ModifySettingRequest(
         resource_path=network_resource_path(nic_id),
-        request_type=REQUEST_REMOVE,
+        request_type=RequestType.REMOVE,
         settings=NetworkAdapter(endpoint_id=endpoint_id, mac_address=mac),
         guest_request=GuestModificationRequest(
-            resource_type=RESOURCE_NETWORK,
-            request_type=REQUEST_REMOVE,
+            resource_type=ResourceType.NETWORK,
+            request_type=RequestType.REMOVE,
             settings=LCOWNetworkAdapter(namespace_id=namespace_id, id=nic_id),
         ),
     )
@@ -224,7 +207,7 @@ def processor_limits_update(*, limit: int = 0, weight: int = 0) -> ModifySetting
 
 def container_constraints_update(linux: dict[str, object]) -> GuestModificationRequest:
     return GuestModificationRequest(
-        resource_type=RESOURCE_CONTAINER_CONSTRAINTS,
-        request_type=REQUEST_UPDATE,
+        resource_type=ResourceType.CONTAINER_CONSTRAINTS,
+        request_type=RequestType.UPDATE,
         settings=LCOWContainerConstraints(linux=linux),
     )

@@ -219,14 +219,6 @@ class VirtualSmb(SchemaObject):
     direct_file_mapping_in_mb: int = j("DirectFileMappingInMB", "i64", default=0)
 
 
-# Plan9ShareFlags bits (plan9_share_flags.go).
-PLAN9_FLAG_READ_ONLY = 0x00000001
-PLAN9_FLAG_LINUX_METADATA = 0x00000004
-PLAN9_FLAG_CASE_SENSITIVE = 0x00000008
-PLAN9_FLAG_UNLIMITED_CONNECTIONS = 0x00000010
-PLAN9_FLAG_RESTRICT_FILE_ACCESS = 0x00000080
-
-
 @dataclass(slots=True, kw_only=True)
 class Plan9Share(SchemaObject):
     name: str = j("Name", default="")

@@ -124,6 +124,17 @@ def build_uvm_document(owner: str, spec: dict[str, Any], options: runhcs_pb2.Opt
     return result[0] if isinstance(result, tuple) else result
 
 
+def templates_enabled(spec: dict[str, Any], options: runhcs_pb2.Options | None) -> bool:
+    """UVM templates for this pod: the spec's annotation, else the runtime handler's
+    default_container_annotations, else on."""
+    from hcsshim.annotations import keys
+    from hcsshim.annotations.parse import parse_bool
+
+    merged = dict(options.default_container_annotations) if options is not None else {}
+    merged.update({str(k): str(v) for k, v in (spec.get("annotations") or {}).items()})
+    return parse_bool(merged, keys.UVM_TEMPLATES, True)
+
+
 # ``module:function`` of another HostFactory, for tests that run the guest agent without a VM.
 FACTORY_ENV = "HCSSHIM_SHIM_HOST_FACTORY"
 
@@ -136,13 +147,14 @@ async def create_uvm(uvm_id: str, spec: dict[str, Any], options: runhcs_pb2.Opti
         factory: HostFactory = getattr(importlib.import_module(module), name)
         return await factory(uvm_id, spec, options)
     from hcsshim.shim import network
-    from hcsshim.uvm import UtilityVM
+    from hcsshim.uvm.template import create_uvm as create_templated_uvm
 
+    templates = templates_enabled(spec, options)
     # Read CNI's netns before booting: a missing or empty one fails the pod with no VM started.
     pod_net = await network.open_pod_network(spec)
     try:
         document = build_uvm_document(uvm_id, spec, options)
-        vm = await UtilityVM.create(uvm_id, document)
+        vm = await create_templated_uvm(uvm_id, document, templates=templates)
     except BaseException:
         if pod_net is not None:
             await pod_net.release()

@@ -121,9 +121,9 @@ def features(kind: ShimKind, boot_files: str | None = None) -> tuple[bytes | Non
         data = _runc_features(runc)
         return data, "host runc" if data is not None else "host runc has no `features` command"
     if boot_files is None:
-        from hcsshim.uvm.image import default_boot_files_path
+        from hcsshim.uvm.document import boot_files_path
 
-        boot_files = default_boot_files_path()
+        boot_files = boot_files_path()
     guest = _guest_runc_version(boot_files)
     host = _runc_package_version(runc)
     if not guest:

@@ -13,14 +13,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from hcsshim.gcs.devices import LCOW_ROOT
+from hcsshim.hvsock.abi import LCOW_ROOT, RequestType, ResourceType
 from hcsshim.layers import lcow_mount
 from hcsshim.shim.rootfs import MountSpec
 from hcsshim.ttrpc import Code, TtrpcError
 
 log = logging.getLogger("hcsshim.shim.lcow_rootfs")
-
-COMBINED_LAYERS = "CombinedLayers"
 
 
 class ScsiAttachment(Protocol):
@@ -81,7 +79,7 @@ class LcowRootfs:
             settings["Layers"] = paths
             if scratch_path:
                 settings["ScratchPath"] = scratch_path
-            await self.host.guest_modify(COMBINED_LAYERS, "Add", settings)
+            await self.host.guest_modify(ResourceType.COMBINED_LAYERS, RequestType.ADD, settings)
             self._combined = settings
         except BaseException:
             await self.release()
@@ -97,7 +95,7 @@ class LcowRootfs:
         if self._combined is not None:
             settings = {"ContainerID": self.task_id, "ContainerRootPath": self._combined["ContainerRootPath"]}
             try:
-                await self.host.guest_modify(COMBINED_LAYERS, "Remove", settings)
+                await self.host.guest_modify(ResourceType.COMBINED_LAYERS, RequestType.REMOVE, settings)
             except Exception as exc:
                 log.warning("removing combined layers failed", extra={"task": self.task_id, "error": exc})
             self._combined = None

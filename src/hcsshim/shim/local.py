@@ -22,9 +22,10 @@ import sys
 from typing import Any
 
 from hcsshim.api.runhcs.options import runhcs_pb2
-from hcsshim.gcs import protocol
 from hcsshim.gcs.bridge import BridgeClient
-from hcsshim.gcs.mux import MuxSession, Role, StreamTransport
+from hcsshim.hvsock.abi import NULL_CONTAINER_ID
+from hcsshim.hvsock.session import MuxSession, Role
+from hcsshim.hvsock.transports import StreamTransport
 
 log = logging.getLogger("hcsshim.shim.local")
 
@@ -95,7 +96,7 @@ class LocalHost:
 
     async def terminate(self) -> None:
         with contextlib.suppress(Exception):
-            await self.client.shutdown_forced(protocol.NULL_CONTAINER_ID, timeout=STOP_TIMEOUT)
+            await self.client.shutdown_forced(NULL_CONTAINER_ID, timeout=STOP_TIMEOUT)
         try:
             await asyncio.wait_for(asyncio.shield(self._exit), STOP_TIMEOUT)
         except TimeoutError:

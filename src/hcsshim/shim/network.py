@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hcsshim.gcs.devices import PORT_FORWARD_PORT
+from hcsshim.hvsock.abi import PORT_FORWARD_PORT
 from hcsshim.network import NetworkError, PodNetwork, guest_network_spec, pod_netns_path
 from hcsshim.network.portforward import Dial, MuxChannel
 

@@ -26,7 +26,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from hcsshim.api.shimdiag import shimdiag_pb2 as diag
-from hcsshim.gcs.protocol import NULL_CONTAINER_ID
+from hcsshim.hvsock.abi import NULL_CONTAINER_ID
 from hcsshim.shim.io import ProcessIO
 from hcsshim.shim.pod import Pod
 from hcsshim.ttrpc import Code, Context, MethodTable, Server, TtrpcError

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy so that `hcsshim.uvm.image` (used by `hcsshim uvm build`) does not import QEMU code.
+    # Lazy so that importing hcsshim.uvm.document (the image builder does) does not import QEMU code.
     if name == "UtilityVM":
         from hcsshim.uvm.utility_vm import UtilityVM
 

@@ -10,7 +10,7 @@ from typing import Any
 # ~0.3 s the builder and schema modules take to import.
 from hcsshim.builder.lcow_v2 import build_lcow_uvm_v2
 from hcsshim.builder.options import BootFiles
-from hcsshim.hcs.qemu.config import SCSI_CONTROLLER_GUIDS
+from hcsshim.hvsock.abi import SCSI_CONTROLLER_GUIDS
 
 ENV_BOOT_FILES = "HCSSHIM_BOOT_FILES"
 DEFAULT_BOOT_FILES = "/var/cache/hcsshim/uvm"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from hcsshim.gcs.devices import PLAN9_PORT, plan9_share_path
+from hcsshim.hvsock.abi import PLAN9_PORT, plan9_share_path
 
 # Upstream's flags (internal/uvm/plan9.go): LinuxMetadata | ReadOnly when read-only.
 FLAG_READONLY = 0x1

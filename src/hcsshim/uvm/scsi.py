@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hcsshim.gcs.devices import scsi_mount_path
+from hcsshim.hvsock.abi import scsi_mount_path
 
 LUNS = 64
 

@@ -7,13 +7,17 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
+import time
+import uuid
 from typing import Any, Protocol
 
-from hcsshim.gcs import mux
-from hcsshim.gcs.protocol import BRIDGE_PORT, LOG_PORT
+from hcsshim import hvsock as mux
 from hcsshim.hcs import ComputeSystem, ExitInfo, HcsError, create_compute_system, document_to_dict
 from hcsshim.hcs.qemu import vsock
-from hcsshim.hcs.qemu.config import SCSI_CONTROLLER_GUIDS, controller_index
+from hcsshim.hcs.qemu.config import controller_index
+from hcsshim.hvsock import clone
+from hcsshim.hvsock.abi import BRIDGE_PORT, LOG_PORT, NULL_CONTAINER_ID, SCSI_CONTROLLER_GUIDS
 from hcsshim.uvm.document import default_lcow_document
 from hcsshim.uvm.errors import UvmError
 from hcsshim.uvm.plan9 import Plan9Mount, Plan9Names
@@ -23,7 +27,6 @@ log = logging.getLogger(__name__)
 
 GCS_CONNECTION_TIMEOUT = float(os.environ.get("HCSSHIM_TIMEOUT_GCSCONNECTION", "120"))
 EXIT_GRACE = 2.0
-NULL_CONTAINER_ID = "00000000-0000-0000-0000-000000000000"
 
 
 class Bridge(Protocol):
@@ -92,6 +95,7 @@ class UtilityVM:
         shares = (devices.get("Plan9") or {}).get("Shares") or []
         self.plan9 = Plan9Names({str(s.get("Name")) for s in shares})
         self.guest_log: list[str] = []
+        self.machine_id = ""
 
     # ---- lifetime --------------------------------------------------------------------------------
 
@@ -131,7 +135,9 @@ class UtilityVM:
         await self.system.start()
         self._exit_task = asyncio.create_task(self._on_exit())
         connect = asyncio.ensure_future(
-            _connect_bridge_fn()(self.session, timeout=timeout, listener=bridge_listener)
+            self._connect_clone(bridge_listener, timeout)
+            if self.restored
+            else _connect_bridge_fn()(self.session, timeout=timeout, listener=bridge_listener)
         )
         exited = asyncio.ensure_future(self.system.wait())
         try:
@@ -151,7 +157,14 @@ class UtilityVM:
         info = await self._wait_exit(EXIT_GRACE) if broken else self.system.exit_info
         if info is not None:
             why = f"{info.reason} ({info.error})"
-            raise UvmError(self.id, "start", f"the VM exited before the guest agent connected: {why}")
+            tail = str((info.details or {}).get("console_tail", ""))[-600:]
+            qemu_log = str((info.details or {}).get("qemu_log", "")).strip()[-400:]
+            raise UvmError(
+                self.id,
+                "start",
+                f"the VM exited before the guest agent connected: {why}; console tail: {tail!r}"
+                + (f"; QEMU's log: {qemu_log!r}" if qemu_log else ""),
+            )
         console = self._console_tail()
         await self.terminate()
         timed_out = err is None or isinstance(err, TimeoutError)
@@ -162,6 +175,73 @@ class UtilityVM:
             f"waiting for the guest agent to dial and negotiate the bridge {what} "
             f"(mux port 0x{BRIDGE_PORT:x} over {address}); console tail: {console[-600:]!r}",
         ) from err
+
+    @property
+    def restored(self) -> bool:
+        """Created from a template (VirtualMachine.RestoreState) rather than booted."""
+        return bool((self.document.get("VirtualMachine") or {}).get("RestoreState"))
+
+    async def _connect_clone(self, bridge_listener: mux.Listener, timeout: float) -> Any:
+        """A clone's agent waits for its identity (hvsock/clone.py) before it dials the bridge."""
+        assert self.session is not None
+        ch = await self.session.dial(clone.RESUME_PORT, timeout=timeout)
+        try:
+            identity = clone.Identity(
+                seed=os.urandom(clone.SEED_BYTES),
+                realtime_ns=time.time_ns(),
+                hostname=self.hostname(),
+                machine_id=uuid.uuid4().hex,
+            )
+            await ch.write(clone.encode_identity(identity))
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = await asyncio.wait_for(ch.read(), timeout)
+                if not chunk:
+                    break
+                answer += chunk
+        finally:
+            ch.close()
+        error = clone.decode_ack(answer)
+        if error:
+            raise UvmError(self.id, "start", f"the clone refused its identity: {error}")
+        self.machine_id = identity.machine_id
+        return await _connect_bridge_fn()(self.session, timeout=timeout, listener=bridge_listener)
+
+    def hostname(self) -> str:
+        """The guest's host name as its kernel command line sets it (image_init's hcsshim.hostname)."""
+        lkd = ((self.document.get("VirtualMachine") or {}).get("Chipset") or {}).get(
+            "LinuxKernelDirect"
+        ) or {}
+        for arg in str(lkd.get("KernelCmdLine") or "").split():
+            if arg.startswith("hcsshim.hostname="):
+                return arg.partition("=")[2]
+        return "uvm"
+
+    async def save_as_template(self, directory: str, ready_timeout: float = 60.0) -> None:
+        """Quiesce the agent (it answers, then waits for a clone's host once this host hangs up) and
+        save the VM into `directory`; the VM is left paused, for the caller to terminate."""
+        nonce = secrets.token_hex(8)
+        await self.bridge.modify_settings(clone.prepare_request(nonce))
+        bridge, self._bridge = self._bridge, None
+        assert self.session is not None
+        # Only the transport goes: a bridge close would reach the agent first and make it redial.
+        await self.session.aclose("hung up for the template save")
+        await bridge.close()
+        if self._log_task is not None:
+            self._log_task.cancel()
+        marker = clone.ready_line(nonce)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ready_timeout
+        while marker not in await asyncio.to_thread(self._console_tail):
+            if self.system.exit_info is not None or loop.time() > deadline:
+                raise UvmError(
+                    self.id,
+                    "save_as_template",
+                    f"the agent did not report {marker!r} on the console within {ready_timeout:.0f}s "
+                    f"({self.exit_reason()}); console tail: {self._console_tail()[-600:]!r}",
+                )
+            await asyncio.sleep(0.05)
+        await self.system.save({"SaveType": "AsTemplate", "SaveStateFilePath": directory})
 
     async def diagnose_stall(self) -> str:
         """Why a bridge call to this VM timed out, as the compute system sees the guest."""

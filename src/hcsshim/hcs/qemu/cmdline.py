@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from hcsshim.gcs.devices import PLAN9_MOUNT_TAG, SCSI_PCI_SLOT_BASE
-from hcsshim.gcs.devices import VIRTIO_MUX_PORT_NAME as MUX_PORT_NAME
-from hcsshim.hcs.qemu.config import Disk, PMemDevice, ScsiController, VmConfig
+from hcsshim.hcs.qemu.config import TEMPLATE_MEMORY_FILE, Disk, PMemDevice, ScsiController, VmConfig
+from hcsshim.hvsock.abi import PLAN9_MOUNT_TAG, SCSI_PCI_SLOT_BASE
+from hcsshim.hvsock.abi import VIRTIO_MUX_PORT_NAME as MUX_PORT_NAME
 
 VIRTIO_SERIAL_PCI_SLOT = 0x08
 PLAN9_PCI_SLOT = 0x09
@@ -71,14 +71,22 @@ def scsi_node_name(index: int, lun: int) -> str:
 
 
 def blockdev_args(index: int, lun: int, disk: Disk) -> dict[str, Any]:
-    driver = "vpc" if not disk.path.startswith("/dev/") else "raw"
-    file_driver = "host_device" if disk.path.startswith("/dev/") else "file"
-    return {
-        "driver": driver,
+    device = disk.path.startswith("/dev/")
+    args: dict[str, Any] = {
+        "driver": "raw" if device or disk.fixed_vhd_data_size is not None else "vpc",
         "node-name": scsi_node_name(index, lun),
         "read-only": disk.read_only,
-        "file": {"driver": file_driver, "filename": disk.path, "read-only": disk.read_only},
+        "file": {
+            "driver": "host_device" if device else "file",
+            "filename": disk.path,
+            "read-only": disk.read_only,
+        },
     }
+    if not device and disk.fixed_vhd_data_size is not None:
+        # A fixed VHD is its raw image plus a footer the guest must not see.
+        args["offset"] = 0
+        args["size"] = disk.fixed_vhd_data_size
+    return args
 
 
 def scsi_device_args(index: int, lun: int) -> dict[str, Any]:
@@ -135,6 +143,23 @@ def memory_args(cfg: VmConfig) -> str:
     return f"size={cfg.memory_mb}M,slots={slots},maxmem={cfg.memory_mb * (1 << 20) + slots * per}"
 
 
+RAM_BACKEND_ID = "pc.ram"
+
+
+def ram_backend_args(cfg: VmConfig) -> list[str]:
+    """Guest RAM of a template (a shared mapping of its memory file, so saving it writes only device
+    state) or of a clone (a private, copy-on-write mapping of the template's file, opened read-only
+    so no clone can change what the others map)."""
+    if cfg.template_dir:
+        path, mode = os.path.join(cfg.template_dir, TEMPLATE_MEMORY_FILE), "share=on"
+    elif cfg.restore_dir:
+        path, mode = os.path.join(cfg.restore_dir, TEMPLATE_MEMORY_FILE), "share=off,readonly=on,rom=off"
+    else:
+        return []
+    spec = f"memory-backend-file,id={RAM_BACKEND_ID},size={cfg.memory_mb}M,mem-path={path},{mode}"
+    return ["-object", spec]
+
+
 def _scsi(ctrl: ScsiController) -> list[str]:
     args = [
         "-device",
@@ -168,7 +193,7 @@ def build_argv(qemu: str, name: str, cfg: VmConfig, paths: Paths, accel: str) ->
         # Created but not started, like HCS: start() sends `cont`.
         "-S",
         "-machine",
-        "pc",
+        f"pc,memory-backend={RAM_BACKEND_ID}" if cfg.template_dir or cfg.restore_dir else "pc",
         "-accel",
         accel,
         "-cpu",
@@ -203,6 +228,10 @@ def build_argv(qemu: str, name: str, cfg: VmConfig, paths: Paths, accel: str) ->
         "-device",
         f"virtio-rng-pci,bus={PCI_BUS},addr=0x{RNG_PCI_SLOT:02x}",
     ]
+    argv += ram_backend_args(cfg)
+    if cfg.restore_dir:
+        # The state is loaded over QMP once the x-ignore-shared capability is set (template.py).
+        argv += ["-incoming", "defer"]
     if cfg.initrd or cfg.stage1_initrd:
         argv += ["-initrd", cfg.initrd or cfg.stage1_initrd or ""]
     for ctrl in sorted(cfg.scsi.values(), key=lambda c: c.index):

@@ -10,25 +10,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hcsshim.hcs.errors import ErrInvalidData, ErrNotSupported
-
-# Upstream's fixed controller GUIDs (internal/protocol/guestrequest/types.go): the index in this
-# list is the controller number the guest sees.
-SCSI_CONTROLLER_GUIDS: tuple[str, ...] = (
-    "df6d0690-79e5-55b6-a5ec-c1e2f77f580a",
-    "0110f83b-de10-5172-a266-78bca56bf50a",
-    "b5d2d8d4-3a75-51bf-945b-3444dc6b8579",
-    "305891a9-b251-5dfe-91a2-c25d9212275b",
+from hcsshim.hvsock.abi import (
+    PLAN9_FLAG_READ_ONLY,
+    SCSI_CONTROLLER_GUIDS,
+    SCSI_CONTROLLERS,
+    SCSI_LUNS_PER_CONTROLLER,
 )
-MAX_SCSI_CONTROLLERS = 4
-MAX_LUNS = 64
-PLAN9_FLAG_READONLY = 0x1
+
 STAGE1_INITRD = "vhd-initrd.img"
+TEMPLATE_MEMORY_FILE = "memory"
+TEMPLATE_STATE_FILE = "state"
 
 
 @dataclass(frozen=True)
 class Disk:
     path: str
     read_only: bool
+    fixed_vhd_data_size: int | None = None
 
 
 @dataclass
@@ -65,6 +63,10 @@ class VmConfig:
     vpmem_max_count: int
     vpmem_max_size: int
     stage1_initrd: str | None = None
+    # Templating (hcs/qemu/template.py): the directory this VM will be saved into as a template, or
+    # the template directory it is restored from.
+    template_dir: str | None = None
+    restore_dir: str | None = None
 
     @property
     def rootfs(self) -> str:
@@ -126,7 +128,31 @@ def parse_attachment(r: _Reader, att: Any, where: str) -> Disk:
         raise r.fail(f"{where}.Path", f"file {path!r} does not exist")
     if kind == "PassThru" and not os.path.exists(path):
         raise r.fail(f"{where}.Path", f"device {path!r} does not exist")
-    return Disk(path=path, read_only=bool(att.get("ReadOnly", False)))
+    raw = fixed_vhd_data_size(path) if kind == "VirtualDisk" else None
+    return Disk(path=path, read_only=bool(att.get("ReadOnly", False)), fixed_vhd_data_size=raw)
+
+
+_VHD_FOOTER = 512
+_VHD_COOKIE = b"conectix"
+_VHD_TYPE_FIXED = 2
+
+
+def fixed_vhd_data_size(path: str) -> int | None:
+    """The data size of a fixed VHD (the raw image before its 512-byte footer), else None. QEMU
+    reads such a disk with its raw driver over that range: raw can be migrated (a template is
+    saved by migration) where the vpc driver cannot."""
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end < _VHD_FOOTER or end % 512:
+                return None
+            f.seek(end - _VHD_FOOTER)
+            footer = f.read(_VHD_FOOTER)
+    except OSError:
+        return None
+    if footer[:8] != _VHD_COOKIE or int.from_bytes(footer[60:64], "big") != _VHD_TYPE_FIXED:
+        return None
+    return end - _VHD_FOOTER
 
 
 def controller_index(guid: str, position: int) -> int:
@@ -147,8 +173,33 @@ def parse_plan9_share(r: _Reader, share: Any, where: str) -> Plan9ShareConfig:
     if not os.path.exists(path):
         raise r.fail(f"{where}.Path", f"{path!r} does not exist")
     flags = r.int_(share, "Flags", where, 0)
-    read_only = bool(share.get("ReadOnly", False)) or bool(flags & PLAN9_FLAG_READONLY)
+    read_only = bool(share.get("ReadOnly", False)) or bool(flags & PLAN9_FLAG_READ_ONLY)
     return Plan9ShareConfig(name=name, path=path, read_only=read_only)
+
+
+def _template_dirs(r: _Reader, vm: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(save-into dir, restore-from dir): upstream's RestoreState for a clone, and hcsshim's
+    SaveableAsTemplate for the VM that will be saved (QEMU must map its RAM from a file at boot)."""
+    save = r.obj(vm, "SaveableAsTemplate", "VirtualMachine")
+    restore = r.obj(vm, "RestoreState", "VirtualMachine")
+    save_dir = r.str_(save, "SaveStateFilePath", "VirtualMachine.SaveableAsTemplate") or None
+    restore_dir = r.str_(restore, "SaveStateFilePath", "VirtualMachine.RestoreState") or None
+    if save and not save_dir:
+        raise r.fail("VirtualMachine.SaveableAsTemplate.SaveStateFilePath", "is required")
+    if restore and not restore_dir:
+        raise r.fail("VirtualMachine.RestoreState.SaveStateFilePath", "is required (a template directory)")
+    if save_dir and restore_dir:
+        raise r.fail("VirtualMachine.RestoreState", "a clone cannot also be saved as a template")
+    if save_dir and not os.path.isabs(save_dir):
+        raise r.fail("VirtualMachine.SaveableAsTemplate.SaveStateFilePath", f"{save_dir!r} is not absolute")
+    if restore_dir:
+        for name in (TEMPLATE_MEMORY_FILE, TEMPLATE_STATE_FILE):
+            if not os.path.isfile(os.path.join(restore_dir, name)):
+                raise r.fail(
+                    "VirtualMachine.RestoreState.SaveStateFilePath",
+                    f"{restore_dir!r} is not a saved template: it has no {name} file",
+                )
+    return save_dir, restore_dir
 
 
 def parse_document(doc: dict[str, Any], system_id: str, op: str = "CreateComputeSystem") -> VmConfig:
@@ -188,8 +239,8 @@ def parse_document(doc: dict[str, Any], system_id: str, op: str = "CreateCompute
         )
     scsi: dict[str, ScsiController] = {}
     scsi_doc = r.obj(devices, "Scsi", "VirtualMachine.Devices")
-    if len(scsi_doc) > MAX_SCSI_CONTROLLERS:
-        raise r.fail("VirtualMachine.Devices.Scsi", f"at most {MAX_SCSI_CONTROLLERS} controllers")
+    if len(scsi_doc) > SCSI_CONTROLLERS:
+        raise r.fail("VirtualMachine.Devices.Scsi", f"at most {SCSI_CONTROLLERS} controllers")
     used: set[int] = set()
     for pos, (guid, ctrl) in enumerate(scsi_doc.items()):
         cw = f"VirtualMachine.Devices.Scsi.{guid}"
@@ -197,12 +248,12 @@ def parse_document(doc: dict[str, Any], system_id: str, op: str = "CreateCompute
             raise r.fail(cw, "must be an object")
         index = controller_index(guid, pos)
         if index in used:
-            index = next(i for i in range(MAX_SCSI_CONTROLLERS) if i not in used)
+            index = next(i for i in range(SCSI_CONTROLLERS) if i not in used)
         used.add(index)
         controller = ScsiController(index=index, guid=guid.lower())
         for lun_s, att in r.obj(ctrl, "Attachments", cw).items():
-            if not lun_s.isdigit() or int(lun_s) >= MAX_LUNS:
-                raise r.fail(f"{cw}.Attachments.{lun_s}", f"LUN must be 0..{MAX_LUNS - 1}")
+            if not lun_s.isdigit() or int(lun_s) >= SCSI_LUNS_PER_CONTROLLER:
+                raise r.fail(f"{cw}.Attachments.{lun_s}", f"LUN must be 0..{SCSI_LUNS_PER_CONTROLLER - 1}")
             controller.disks[int(lun_s)] = parse_attachment(r, att, f"{cw}.Attachments.{lun_s}")
         scsi[guid.lower()] = controller
 
@@ -227,7 +278,10 @@ def parse_document(doc: dict[str, Any], system_id: str, op: str = "CreateCompute
     # document boots the image's stage-1 initrd from beside the kernel, which mounts root= and
     # switches to it. Hyper-V's kernel has the drivers built in, hence nothing in the document.
     stage1 = os.path.join(os.path.dirname(kernel), STAGE1_INITRD)
+    template_dir, restore_dir = _template_dirs(r, vm)
     return VmConfig(
+        template_dir=template_dir,
+        restore_dir=restore_dir,
         stage1_initrd=stage1 if initrd is None and os.path.isfile(stage1) else None,
         owner=str(doc.get("Owner", "")),
         kernel=kernel,

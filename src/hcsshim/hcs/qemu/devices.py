@@ -88,7 +88,7 @@ class DeviceSet:
         index = self._controller(guid)
         if kind == "Add":
             r = _Reader("Modify", self._id)
-            disk = parse_attachment(r, settings, "ModifySettingRequest.Settings")
+            disk = await asyncio.to_thread(parse_attachment, r, settings, "ModifySettingRequest.Settings")
             await self.add_disk(index, lun, disk)
         elif kind == "Remove":
             await self.remove_disk(index, lun)

@@ -26,7 +26,7 @@ from hcsshim.hcs.errors import (
     ErrVmcomputeUnexpectedExit,
     HcsError,
 )
-from hcsshim.hcs.qemu import devices, stall, vsock
+from hcsshim.hcs.qemu import devices, stall, template, vsock
 from hcsshim.hcs.qemu.accel import CACHE_DIR, Accel, choose
 from hcsshim.hcs.qemu.cmdline import Paths, build_argv
 from hcsshim.hcs.qemu.config import VmConfig, parse_document
@@ -149,13 +149,15 @@ class QemuComputeSystem(ComputeSystem):
         doc = document_to_dict(document, system_id, op)
         if system_id in _systems:
             raise ErrAlreadyExists(op, system_id, "a compute system with this id already exists")
-        cfg = parse_document(doc, system_id, op)
+        cfg = await asyncio.to_thread(parse_document, doc, system_id, op)  # stats and reads files
         await asyncio.to_thread(sweep_stale_state, os.path.dirname(state_dir_for(system_id)))
         state_dir = state_dir_for(system_id)
         if os.path.exists(state_dir):
             left = await asyncio.to_thread(remove_tree_safely, state_dir)  # left over by a process that died
             if left:
                 raise ErrAlreadyExists(op, system_id, f"state directory {state_dir} is still in use: {left}")
+        if system_id in _systems:  # created by a concurrent call while this one awaited
+            raise ErrAlreadyExists(op, system_id, "a compute system with this id already exists")
         system = cls(system_id, cfg, state_dir)
         _systems[system_id] = system
         try:
@@ -173,6 +175,10 @@ class QemuComputeSystem(ComputeSystem):
     async def _launch(self) -> None:
         os.makedirs(self.paths.plan9_root, mode=0o700)
         self.accel = await choose(QEMU_BINARY, self.cfg.kernel)
+        if self.cfg.template_dir or self.cfg.restore_dir:
+            ok, why = template.supported(self.accel.qemu_version)
+            if not ok:
+                raise ErrNotSupported("CreateComputeSystem", self.id, why)
         argv = build_argv(QEMU_BINARY, self.id, self.cfg, self.paths, self.accel.spec)
         # vsock (hcs/qemu/vsock.py): reserve a CID, listen, add the device and the kernel parameter.
         self.hvsocket_decision, self.vsock_host = vsock.setup(self.id)
@@ -221,12 +227,21 @@ class QemuComputeSystem(ComputeSystem):
             )
         waiter.cancel()
         accept.result()
+        if self.cfg.restore_dir:
+            await template.restore(self._qmp_execute, self.id, self.cfg, self._qemu_running)
+            log.info("restored from template", extra={"id": self.id, "template": self.cfg.restore_dir})
         for name, cfg_share in ((s.name, s) for s in self.cfg.plan9):
             await self.devices.add_plan9_share(name, cfg_share.path, cfg_share.read_only)
         self.devices.load_boot_disks()
         self._tasks.append(asyncio.create_task(self._watch_events()))
         self._tasks.append(asyncio.create_task(self._watch_process()))
         self._tasks.append(asyncio.create_task(self._watch_console()))
+
+    async def _qmp_execute(self, cmd: str, args: dict[str, Any] | None) -> Any:
+        return await self.execute("Template", cmd, args)
+
+    def _qemu_running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
 
     @property
     def _qemu_log(self) -> str:
@@ -385,6 +400,17 @@ class QemuComputeSystem(ComputeSystem):
             await self.execute("Resume", "cont")
             self._state = SystemState.RUNNING
 
+    async def save(self, options: Document) -> None:
+        opts = document_to_dict(options, self.id, "Save")
+        template.check_save_options(opts, self.cfg, self.id)
+        async with self._op_lock:
+            self._require("Save", SystemState.RUNNING, SystemState.PAUSED)
+            if self._state == SystemState.RUNNING:
+                await self.execute("Save", "stop")
+                self._state = SystemState.PAUSED
+            await template.save(self._qmp_execute, self.id, self.cfg, self._qemu_running)
+            log.info("saved as a template", extra={"id": self.id, "dir": self.cfg.template_dir})
+
     async def shutdown(self) -> None:
         async with self._op_lock:
             self._require("Shutdown", SystemState.RUNNING, SystemState.PAUSED)
@@ -484,6 +510,18 @@ class QemuComputeSystem(ComputeSystem):
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+
+async def template_key(document: Document) -> str:
+    """The template key of the VM `document` describes (hcs/qemu/template.py); raises
+    ErrNotSupported where this QEMU cannot restore clones."""
+    doc = document_to_dict(document, "", "TemplateKey")
+    cfg = await asyncio.to_thread(parse_document, doc, "", "TemplateKey")
+    accel = await choose(QEMU_BINARY, cfg.kernel)
+    ok, why = template.supported(accel.qemu_version)
+    if not ok:
+        raise ErrNotSupported("TemplateKey", "", why)
+    return await asyncio.to_thread(template.fingerprint, cfg, QEMU_BINARY, accel.spec, accel.qemu_version)
 
 
 def open_system(system_id: str) -> QemuComputeSystem:

@@ -26,8 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hcsshim.gcs import mux
+from hcsshim import hvsock as mux
 from hcsshim.hcs.errors import ErrNotSupported
+from hcsshim.hvsock.abi import VMADDR_CID_HOST
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ TRANSPORT_VIRTIO_SERIAL = "virtio-serial"
 VHOST_VSOCK_SET_GUEST_CID = 0x4008AF60
 VMADDR_CID_ANY = 0xFFFFFFFF
 VMADDR_PORT_ANY = 0xFFFFFFFF
-VMADDR_CID_HOST = 2
 MIN_GUEST_CID = 3
 MAX_GUEST_CID = 0x7FFFFFFF
 CID_ATTEMPTS = 128

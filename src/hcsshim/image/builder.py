@@ -35,9 +35,9 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from hcsshim.image import cpio, dependencies, init_script
 from hcsshim.layers import vhd
 from hcsshim.layers.ext4 import Ext4Error, make_ext4
-from hcsshim.uvm import image_cpio, image_deps, image_init
 from hcsshim.uvm.document import ENV_BOOT_FILES as ENV_BOOT_FILES
 from hcsshim.uvm.document import boot_files_path
 
@@ -93,7 +93,7 @@ STAGE1_MODULES = (
     "ext4",
 )
 
-AGENT_PARTS = ("__init__.py", "gcs", "guest")
+AGENT_PARTS = ("__init__.py", "gcs", "guest", "hvsock")
 GUEST_PYTHON = "/usr/bin/python3.11"
 GUEST_RUNC = "/usr/sbin/runc"
 ELF_ROOTS = (GUEST_PYTHON, GUEST_RUNC)
@@ -211,8 +211,8 @@ def base_key(packages: Sequence[Package], modules: Sequence[str]) -> str:
     for p in sorted(packages, key=lambda p: p.name):
         h.update(f"{p.name}={p.version}\n".encode())
     h.update(("modules=" + ",".join(modules) + "\n").encode())
-    h.update(image_init.INIT_SCRIPT.encode())
-    h.update(image_init.FLOOR_INIT_SCRIPT.encode())
+    h.update(init_script.INIT_SCRIPT.encode())
+    h.update(init_script.FLOOR_INIT_SCRIPT.encode())
     return h.hexdigest()[:16]
 
 
@@ -438,14 +438,14 @@ class Builder:
                 continue
             _copy(src, os.path.join(stage, r))
             with open(real, "rb") as f:
-                needed = image_deps.elf_needed(f.read())
+                needed = dependencies.elf_needed(f.read())
             for so in needed:
                 found = self._find_lib(trees, so)
                 if found is None:
                     raise ImageError(f"{r} needs {so}, which no package in the image provides")
                 queue.append(found)
 
-    def _kernel_modules(self, ktree: str) -> tuple[str, image_deps.ModulePlan, image_deps.ModuleIndex]:
+    def _kernel_modules(self, ktree: str) -> tuple[str, dependencies.ModulePlan, dependencies.ModuleIndex]:
         mods = os.path.join(ktree, "lib", "modules")
         versions = os.listdir(mods)
         if len(versions) != 1:
@@ -460,8 +460,8 @@ class Builder:
         builtin = ""
         with contextlib.suppress(FileNotFoundError), open(os.path.join(mods, kver, "modules.builtin")) as f:
             builtin = f.read()
-        index = image_deps.ModuleIndex.parse(dep, builtin)
-        plan = image_deps.resolve_modules(GUEST_MODULES, index)
+        index = dependencies.ModuleIndex.parse(dep, builtin)
+        plan = dependencies.resolve_modules(GUEST_MODULES, index)
         return kver, plan, index
 
     def _write_modules(
@@ -469,10 +469,10 @@ class Builder:
         stage: str,
         ktree: str,
         kver: str,
-        index: image_deps.ModuleIndex,
+        index: dependencies.ModuleIndex,
         wanted: Sequence[str],
-    ) -> image_deps.ModulePlan:
-        plan = image_deps.resolve_modules(wanted, index)
+    ) -> dependencies.ModulePlan:
+        plan = dependencies.resolve_modules(wanted, index)
         if plan.missing:
             raise ImageError(f"kernel {kver} has neither built in nor as modules: {', '.join(plan.missing)}")
         mdir = f"lib/modules/{kver}"
@@ -483,13 +483,13 @@ class Builder:
             if os.path.exists(src):
                 _copy(src, os.path.join(stage, mdir, extra))
         with open(os.path.join(stage, mdir, "modules.dep"), "w") as f:
-            f.write(image_deps.filtered_modules_dep(plan, index))
+            f.write(dependencies.filtered_modules_dep(plan, index))
         os.makedirs(os.path.join(stage, "etc/hcsshim"), exist_ok=True)
-        early, rest = image_deps.split_load_order(EARLY_MODULES, wanted, index)
+        early, rest = dependencies.split_load_order(EARLY_MODULES, wanted, index)
         for fname, paths in (("modules.early", early), ("modules", rest)):
             with open(os.path.join(stage, "etc/hcsshim", fname), "w") as f:
                 for rel in paths:
-                    f.write(f"{image_deps.module_name(rel)} /{mdir}/{rel}\n")
+                    f.write(f"{dependencies.module_name(rel)} /{mdir}/{rel}\n")
         return plan
 
     def _skeleton(self, stage: str, busybox_tree: str) -> None:
@@ -551,23 +551,23 @@ class Builder:
                 if so.startswith(("_test", "xx", "_ctypes_test")):
                     continue
                 with open(os.path.join(dyn, so), "rb") as sof:
-                    needed = image_deps.elf_needed(sof.read())
+                    needed = dependencies.elf_needed(sof.read())
                 for lib in needed:
                     found = self._find_lib(trees, lib)
                     if found is not None:
                         self._copy_with_libs(trees, stage, *found)
             kver, _, index = self._kernel_modules(ktree)
             plan = self._write_modules(stage, ktree, kver, index, GUEST_MODULES)
-            self._write_init(stage, image_init.INIT_SCRIPT)
+            self._write_init(stage, init_script.INIT_SCRIPT)
 
             # Stage 1 for rootfs.vhd: busybox + block modules.
             s1 = os.path.join(tmp, "stage1")
             os.makedirs(s1)
             self._skeleton(s1, trees["busybox-static"])
             self._write_modules(s1, ktree, kver, index, STAGE1_MODULES)
-            self._write_init(s1, image_init.INIT_SCRIPT)
+            self._write_init(s1, init_script.INIT_SCRIPT)
             os.makedirs(os.path.join(s1, "newroot"))
-            with open(os.path.join(s1, image_init.STAGE1_MARKER.lstrip("/")), "w") as f:
+            with open(os.path.join(s1, init_script.STAGE1_MARKER.lstrip("/")), "w") as f:
                 f.write("")
 
             floor = os.path.join(tmp, "floor")
@@ -577,7 +577,7 @@ class Builder:
             _copy(os.path.join(trees["busybox-static"], "bin/busybox"), os.path.join(floor, "bin/busybox"))
             for applet in ("sh", "cut", "poweroff", "mount", "echo"):
                 os.symlink("busybox", os.path.join(floor, "bin", applet))
-            self._write_init(floor, image_init.FLOOR_INIT_SCRIPT)
+            self._write_init(floor, init_script.FLOOR_INIT_SCRIPT)
 
             kernel_src = os.path.join(ktree, "boot")
             vmlinuz = next(f for f in os.listdir(kernel_src) if f.startswith("vmlinuz-"))
@@ -594,7 +594,7 @@ class Builder:
                 "kernel_version": kpkg.version,
                 "kernel_release": kver,
                 "packages": {p.name: p.version for p in pkgs},
-                "modules": [image_deps.module_name(m) for m in plan.load_order],
+                "modules": [dependencies.module_name(m) for m in plan.load_order],
                 "builtin_modules": list(plan.builtin),
             }
             with open(os.path.join(tmp, ".meta.json"), "w") as f:
@@ -620,8 +620,8 @@ class Builder:
             for pkg in ("libpython3.11-minimal", "libpython3.11-stdlib"):
                 src = os.path.join(trees[pkg], PYTHON_LIB)
                 shutil.copytree(src, os.path.join(tmp, PYTHON_LIB), symlinks=True, dirs_exist_ok=True)
-            agent_dir = os.path.join(stage, image_init.AGENT_DIR.lstrip("/"))
-            names = sorted(image_deps.scan_package_imports(agent_dir) | set(image_deps.STARTUP_MODULES))
+            agent_dir = os.path.join(stage, init_script.AGENT_DIR.lstrip("/"))
+            names = sorted(dependencies.scan_package_imports(agent_dir) | set(dependencies.STARTUP_MODULES))
             env = {
                 "PYTHONHOME": os.path.join(tmp, "usr"),
                 "PYTHONPATH": agent_dir,
@@ -629,7 +629,9 @@ class Builder:
                 "LC_ALL": "C.UTF-8",
             }
             python = os.path.join(trees["python3.11-minimal"], GUEST_PYTHON.lstrip("/"))
-            proc = _run([python, "-B", "-s", "-c", image_deps.TRACE_SCRIPT], input=json.dumps(names), env=env)
+            proc = _run(
+                [python, "-B", "-s", "-c", dependencies.TRACE_SCRIPT], input=json.dumps(names), env=env
+            )
             files = json.loads(proc.stdout.strip().splitlines()[-1])
             pylib = os.path.join(tmp, PYTHON_LIB)
             rels = sorted({os.path.relpath(f, pylib) for f in files if f.startswith(pylib + os.sep)})
@@ -675,7 +677,7 @@ class Builder:
         with _temp_dir(self.cache, ".final-") as tmp:
             stage = os.path.join(tmp, "root")
             shutil.copytree(os.path.join(base, "root"), stage, symlinks=True)
-            agent_dst = os.path.join(stage, image_init.AGENT_DIR.lstrip("/"), "hcsshim")
+            agent_dst = os.path.join(stage, init_script.AGENT_DIR.lstrip("/"), "hcsshim")
             for part in AGENT_PARTS:
                 src = os.path.join(self.agent_root, part)
                 dst = os.path.join(agent_dst, part)
@@ -715,7 +717,7 @@ class Builder:
 
     def _cpio(self, root: str, dst: str) -> None:
         buf = io.BytesIO()
-        image_cpio.write_tree(root, buf)
+        cpio.write_tree(root, buf)
         with open(dst, "wb") as f:
             f.write(compress_initrd(buf.getvalue()))
 

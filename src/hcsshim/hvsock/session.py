@@ -1,14 +1,4 @@
-"""The HvSocket stand-in: many byte channels over one byte stream (stdlib only).
-
-Wire format (little-endian): a 12-byte frame header ``kind u8, 0 u8, 0 u16, channel u32, length
-u32`` and ``length`` payload bytes. Kinds:
-
-- OPEN(port u32, window u32): the dialer asks for a listener on ``port`` and grants initial credit.
-- ACCEPT(window u32) / REJECT(reason utf-8): the listener's answer, granting its own credit.
-- DATA(bytes): at most the credit the peer granted; credit is bytes.
-- WINDOW(increment u32): the receiver consumed that many bytes; the sender may send that much more.
-- CLOSE: half-close, the sender writes no more (EOF for the peer's reads).
-- RESET: the sender is gone entirely; the peer's writes fail and its reads end after buffered data.
+"""A mux session over a Transport: channels, listeners, credit (stdlib only).
 
 Credit-based flow control means the reader loop only ever appends to a bounded per-channel buffer,
 so a stdout nobody reads never blocks the bridge or any other channel. Channel ids carry the
@@ -22,259 +12,25 @@ import collections
 import contextlib
 import enum
 import errno
-import os
-import socket
-import struct
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
-FRAME = struct.Struct("<BBHII")
-FRAME_SIZE = FRAME.size
-U32 = struct.Struct("<I")
-OPEN_BODY = struct.Struct("<II")
-MAX_DATA = 32 * 1024
-MAX_PAYLOAD = MAX_DATA
+from hcsshim.hvsock.codec import (
+    MAX_DATA,
+    OPEN_BODY,
+    U32,
+    Frame,
+    FrameDecoder,
+    Kind,
+    MuxProtocolError,
+    accept_frame,
+    encode_frame,
+    open_frame,
+    reject_frame,
+    window_frame,
+)
+from hcsshim.hvsock.transports import Transport
+
 DEFAULT_WINDOW = 256 * 1024
-MAX_PORT = 0xFFFFFFFF
-
-
-class Kind(enum.IntEnum):
-    OPEN = 1
-    ACCEPT = 2
-    REJECT = 3
-    DATA = 4
-    WINDOW = 5
-    CLOSE = 6
-    RESET = 7
-
-
-class MuxProtocolError(Exception):
-    """The peer sent bytes that are not a mux stream; the session cannot continue."""
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    kind: Kind
-    channel: int
-    payload: bytes = b""
-
-
-def encode_frame(frame: Frame) -> bytes:
-    if len(frame.payload) > MAX_PAYLOAD:
-        raise ValueError(f"mux payload of {len(frame.payload)} bytes exceeds {MAX_PAYLOAD}")
-    return FRAME.pack(frame.kind, 0, 0, frame.channel, len(frame.payload)) + frame.payload
-
-
-def open_frame(channel: int, port: int, window: int) -> Frame:
-    return Frame(Kind.OPEN, channel, OPEN_BODY.pack(port, window))
-
-
-def accept_frame(channel: int, window: int) -> Frame:
-    return Frame(Kind.ACCEPT, channel, U32.pack(window))
-
-
-def reject_frame(channel: int, reason: str) -> Frame:
-    return Frame(Kind.REJECT, channel, reason.encode()[:1024])
-
-
-def window_frame(channel: int, increment: int) -> Frame:
-    return Frame(Kind.WINDOW, channel, U32.pack(increment))
-
-
-_FIXED_SIZES = {Kind.OPEN: OPEN_BODY.size, Kind.ACCEPT: 4, Kind.WINDOW: 4, Kind.CLOSE: 0, Kind.RESET: 0}
-
-
-class FrameDecoder:
-    """Incremental decoder. Raises MuxProtocolError on anything that is not a valid frame."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[Frame]:
-        self._buf += data
-        out: list[Frame] = []
-        while len(self._buf) >= FRAME_SIZE:
-            kind, r1, r2, channel, length = FRAME.unpack_from(self._buf)
-            if kind not in Kind._value2member_map_ or r1 or r2:
-                raise MuxProtocolError(f"invalid mux frame header kind={kind} reserved={r1},{r2}")
-            k = Kind(kind)
-            if length > MAX_PAYLOAD:
-                raise MuxProtocolError(f"mux frame payload {length} exceeds {MAX_PAYLOAD}")
-            fixed = _FIXED_SIZES.get(k)
-            if fixed is not None and length != fixed:
-                raise MuxProtocolError(f"mux {k.name} frame with payload {length}, want {fixed}")
-            if len(self._buf) < FRAME_SIZE + length:
-                break
-            out.append(Frame(k, channel, bytes(self._buf[FRAME_SIZE : FRAME_SIZE + length])))
-            del self._buf[: FRAME_SIZE + length]
-        return out
-
-
-# ---- transports -----------------------------------------------------------------------------
-
-
-class Transport(Protocol):
-    async def read(self) -> bytes:
-        """Some bytes, or b"" at end of stream."""
-        ...
-
-    async def write(self, data: bytes) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class StreamTransport:
-    """An asyncio stream pair (unix socket, vsock socket, TCP)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-
-    async def read(self) -> bytes:
-        return await self._reader.read(256 * 1024)
-
-    async def write(self, data: bytes) -> None:
-        self._writer.write(data)
-        await self._writer.drain()
-
-    def close(self) -> None:
-        self._writer.close()
-
-
-class FdTransport:
-    """A raw file descriptor, e.g. the guest end of a virtio-serial port (a char device).
-
-    Uses the event loop when the fd is pollable and falls back to blocking I/O in threads when it is
-    not (epoll refuses some fds with EPERM).
-
-    ``wait_for_peer``: a virtio-serial port reads as end-of-file while nothing is connected to the
-    host side; until the first byte arrives, treat that as "not yet" and poll again.
-    """
-
-    def __init__(self, fd: int, *, threaded: bool | None = None, wait_for_peer: bool = False) -> None:
-        self._fd = fd
-        self._closed = False
-        self._waiting_for_peer = wait_for_peer
-        self._threaded = threaded if threaded is not None else not _pollable(fd)
-        if not self._threaded:
-            os.set_blocking(fd, False)
-        self._wlock = threading.Lock()
-
-    async def read(self) -> bytes:
-        while True:
-            data = await self._read_once()
-            if data or not self._waiting_for_peer or self._closed:
-                self._waiting_for_peer = False
-                return data
-            await asyncio.sleep(0.05)
-
-    async def _read_once(self) -> bytes:
-        if self._closed:
-            return b""
-        loop = asyncio.get_running_loop()
-        if self._threaded:
-            return await loop.run_in_executor(None, self._blocking_read)
-        while True:
-            try:
-                return os.read(self._fd, 256 * 1024)
-            except BlockingIOError:
-                pass
-            except OSError as e:
-                if e.errno in (errno.EIO, errno.EBADF, errno.ECONNRESET):
-                    return b""
-                raise
-            await _wait_fd(loop, self._fd, readable=True)
-
-    def _blocking_read(self) -> bytes:
-        try:
-            return os.read(self._fd, 256 * 1024)
-        except OSError:
-            return b""
-
-    async def write(self, data: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        view = memoryview(data)
-        while view:
-            if self._closed:
-                raise ConnectionResetError("transport closed")
-            if self._threaded:
-                n = await loop.run_in_executor(None, self._blocking_write, bytes(view))
-            else:
-                try:
-                    n = os.write(self._fd, view)
-                except BlockingIOError:
-                    await _wait_fd(loop, self._fd, readable=False)
-                    continue
-            view = view[n:]
-
-    def _blocking_write(self, data: bytes) -> int:
-        with self._wlock:
-            return os.write(self._fd, data)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-
-
-def _pollable(fd: int) -> bool:
-    import select
-
-    ep = select.epoll()
-    try:
-        ep.register(fd, select.EPOLLIN)
-        return True
-    except OSError:
-        return False
-    finally:
-        ep.close()
-
-
-async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, readable: bool) -> None:
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    if readable:
-        loop.add_reader(fd, ready)
-    else:
-        loop.add_writer(fd, ready)
-    try:
-        await fut
-    finally:
-        if readable:
-            loop.remove_reader(fd)
-        else:
-            loop.remove_writer(fd)
-
-
-async def connect_unix(path: str) -> StreamTransport:
-    reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
-    return StreamTransport(reader, writer)
-
-
-def open_char_device(path: str) -> FdTransport:
-    return FdTransport(os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC), wait_for_peer=True)
-
-
-async def connect_vsock(port: int, cid: int = 2) -> StreamTransport:
-    sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        await asyncio.get_running_loop().sock_connect(sock, (cid, port))
-    except BaseException:
-        sock.close()
-        raise
-    reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
-    return StreamTransport(reader, writer)
-
-
-# ---- session --------------------------------------------------------------------------------
 
 
 class Role(enum.IntEnum):
