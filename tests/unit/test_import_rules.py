@@ -58,6 +58,7 @@ def _allowed(module: str, allowed: tuple[str, ...]) -> bool:
 RULES: tuple[Rule, ...] = (
     Rule("hvsock is a stdlib-only leaf", _h("hvsock"), allowed=_h("hvsock"), stdlib_only=True),
     Rule("errdefs imports nothing of ours", _h("errdefs"), allowed=_h("errdefs")),
+    Rule("settings is a stdlib-only leaf", _h("settings"), allowed=_h("settings"), stdlib_only=True),
     Rule(
         "the guest imports only the stdlib, hvsock and gcs.protocol",
         _h("guest"),
@@ -84,7 +85,7 @@ RULES: tuple[Rule, ...] = (
         _h("builder"),
         allowed=_h("builder", "schema", "annotations", "oci", "hvsock", "errdefs"),
     ),
-    Rule("layers does no upward imports", _h("layers"), allowed=_h("layers", "errdefs")),
+    Rule("layers does no upward imports", _h("layers"), allowed=_h("layers", "errdefs", "settings")),
     Rule("ttrpc does no upward imports", _h("ttrpc"), allowed=_h("ttrpc", "api", "errdefs")),
     Rule("uvm does not speak ttrpc", _h("uvm"), forbidden=_h("ttrpc", "shim", "cli", "api.containerd")),
     Rule("uvm goes through the ComputeSystem interface", _h("uvm"), forbidden=_h("hcs.qemu", "hcs.windows")),

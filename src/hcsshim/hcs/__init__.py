@@ -5,10 +5,10 @@ terminate/wait) with HCS-like errors, realized by a backend: `qemu` on Linux, `w
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Awaitable, Callable
 
+from hcsshim import settings
 from hcsshim.hcs.errors import (
     ErrAlreadyExists,
     ErrComputeSystemDoesNotExist,
@@ -55,7 +55,7 @@ BACKENDS: dict[str, Callable[[], tuple[Creator, Opener]]] = {"qemu": _qemu, "win
 
 
 def default_backend() -> str:
-    return os.environ.get("HCSSHIM_HCS_BACKEND") or ("windows" if sys.platform == "win32" else "qemu")
+    return settings.current().hcs_backend or ("windows" if sys.platform == "win32" else "qemu")
 
 
 def _backend(name: str | None) -> tuple[Creator, Opener]:

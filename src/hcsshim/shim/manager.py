@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from hcsshim import settings
 from hcsshim.api.containerd.task.v2 import shim_pb2 as task_v2
 from hcsshim.shim.flags import Flags
 from hcsshim.shim.kind import RUNHCS_V1, ShimKind
@@ -29,8 +30,6 @@ from hcsshim.shim.service_task import SERVICE_V2, timestamp
 from hcsshim.shim.spec import Role, read_spec, role_and_sandbox
 from hcsshim.ttrpc import Client
 
-# Tests point this elsewhere; containerd itself uses /run/containerd/s for root.
-DEFAULT_SOCKET_DIR = os.environ.get("HCSSHIM_SHIM_SOCKET_DIR", "/run/containerd/s")
 READY_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 EXITED_STATUS = 255
@@ -45,7 +44,8 @@ class StartError(RuntimeError):
 def socket_path(grpc_address: str, namespace: str, group: str, socket_dir: str = "") -> str:
     """containerd's convention: sha256 of ``<address>/<ns>/<group>`` under the socket directory."""
     digest = hashlib.sha256(os.path.join(grpc_address, namespace, group).encode()).hexdigest()
-    return os.path.join(socket_dir or DEFAULT_SOCKET_DIR, digest)
+    # Tests point HCSSHIM_SHIM_SOCKET_DIR elsewhere; containerd itself uses /run/containerd/s for root.
+    return os.path.join(socket_dir or settings.current().shim_socket_dir, digest)
 
 
 def write_atomic(path: str, data: str) -> None:
@@ -112,7 +112,7 @@ def _spawn_server(
     address = "unix://" + path
     sock = _listen(path)
     ready_r, ready_w = os.pipe()
-    env = dict(os.environ)
+    env = settings.inherited_environ()
     if start.bootstrap is not None and start.bootstrap.containerd_ttrpc_address:
         env.setdefault("TTRPC_ADDRESS", start.bootstrap.containerd_ttrpc_address)
     try:

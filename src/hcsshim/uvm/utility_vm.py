@@ -13,6 +13,7 @@ import uuid
 from typing import Any, Protocol
 
 from hcsshim import hvsock as mux
+from hcsshim import settings
 from hcsshim.hcs import ComputeSystem, ExitInfo, HcsError, create_compute_system, document_to_dict
 from hcsshim.hcs.qemu import vsock
 from hcsshim.hcs.qemu.config import controller_index
@@ -25,7 +26,6 @@ from hcsshim.uvm.scsi import ScsiMount, ScsiSlots
 
 log = logging.getLogger(__name__)
 
-GCS_CONNECTION_TIMEOUT = float(os.environ.get("HCSSHIM_TIMEOUT_GCSCONNECTION", "120"))
 EXIT_GRACE = 2.0
 
 
@@ -116,8 +116,11 @@ class UtilityVM:
             raise UvmError(self.id, "bridge", "the guest connection is not established (start() first)")
         return self._bridge
 
-    async def start(self, timeout: float = GCS_CONNECTION_TIMEOUT) -> None:
-        """Boot, accept the guest's mux session and negotiate the bridge within `timeout`."""
+    async def start(self, timeout: float | None = None) -> None:
+        """Boot, accept the guest's mux session and negotiate the bridge within `timeout` (default:
+        HCSSHIM_TIMEOUT_GCSCONNECTION)."""
+        if timeout is None:
+            timeout = settings.current().gcs_connection_timeout
         address = self.system.hvsocket_address
         transport: mux.Transport
         if address and address.startswith("vsock:"):
