@@ -102,16 +102,8 @@ RULES: tuple[Rule, ...] = (
     ),
 )
 
-_NO_TRANSPORT = "UtilityVM opens the vsock transport itself; ComputeSystem does not hand it out"
-_SCSI_NUMBERS = "UtilityVM numbers SCSI controllers with the qemu backend's controller_index"
-
 # (importer, imported) -> why it is still there. Remove an entry when its edge goes.
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("hcsshim.uvm.utility_vm", "hcsshim.hcs.qemu.vsock"): _NO_TRANSPORT,
-    ("hcsshim.uvm.utility_vm", "hcsshim.hcs.qemu.config"): _SCSI_NUMBERS,
-    ("hcsshim.shim.manager", "hcsshim.hcs.qemu.system"): "orphan cleanup knows QEMU's state dir, not via hcs",
-    ("hcsshim.shim.manager", "hcsshim.hcs.qemu.mounts"): "orphan cleanup unmounts QEMU's mounts, not via hcs",
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)
@@ -210,11 +202,15 @@ def test_known_violations_still_exist() -> None:
 
 
 def test_compare_flags_a_known_violation_that_was_fixed() -> None:
-    tree = load_tree()
-    edge = next(iter(KNOWN_VIOLATIONS))
-    tree[edge[0]] = Source("import os\n", tree[edge[0]].is_package)  # the importer without its edge
-    new, gone = compare(violations(tree), KNOWN_VIOLATIONS)
-    assert f"  {edge[0]} -> {edge[1]}" in gone
+    # The list is empty today; a listed edge made with a fake module shows both directions.
+    edge = ("hcsshim.shim.fake_module", "hcsshim.hcs.qemu.system")
+    known = {**KNOWN_VIOLATIONS, edge: "fake: orphan cleanup knows QEMU's state dir"}
+    with_edge = _with(edge[0], "from hcsshim.hcs.qemu.system import state_dir_for\n")
+    new, gone = compare(violations(with_edge), known)
+    assert not new and not gone
+    without_edge = _with(edge[0], "import os\n")  # the importer without its edge
+    new, gone = compare(violations(without_edge), known)
+    assert gone == [f"  {edge[0]} -> {edge[1]}"]
     assert new == compare(violations(load_tree()), KNOWN_VIOLATIONS)[0]
 
 

@@ -272,6 +272,9 @@ def test_qemu_system_reports_vsock_with_fake_qemu_and_fake_vhost(
         assert f"vhost-vsock-pci,id=vsock0,guest-cid=321,vhostfd={fake.vhost_fd}" in argv
         assert f"hcsshim.transport=vsock:2:{fake.port}" in argv[argv.index("-append") + 1]
         assert str(fake.vhost_fd) in (tmp_path / "fds").read_text().split()  # QEMU inherits it
+        transport = await cs.open_guest_transport()  # what UtilityVM.start runs the mux over
+        assert isinstance(transport, vsock.DeferredTransport)
+        transport.close()
         await cs.terminate()
         await cs.wait()
         assert fake.closed
@@ -292,6 +295,9 @@ def test_qemu_system_reports_virtio_serial_with_fake_qemu(
         assert backend["HvSocketTransportReason"] == "HCSSHIM_HVSOCKET=virtio-serial"
         assert "GuestCid" not in backend
         assert (cs.hvsocket_address or "").startswith("unix:")
+        transport = await cs.open_guest_transport()  # dials the fake's mux chardev socket
+        assert isinstance(transport, hvsock.StreamTransport)
+        transport.close()
         await cs.terminate()
 
     asyncio.run(run())

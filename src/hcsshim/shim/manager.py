@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import signal
 import socket
@@ -29,6 +30,8 @@ from hcsshim.shim.rootfs import unmount
 from hcsshim.shim.service_task import SERVICE_V2, timestamp
 from hcsshim.shim.spec import Role, read_spec, role_and_sandbox
 from hcsshim.ttrpc import Client
+
+log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
@@ -250,23 +253,13 @@ def _stop_server(bundle: str, shim_id: str) -> None:
 
 
 def kill_uvm(shim_id: str) -> None:
-    """QEMU dies with its shim (PDEATHSIG); this covers a VM whose state directory is left behind."""
+    """The VM dies with its shim; this covers one whose process or state is left behind."""
+    from hcsshim.hcs import ErrNotSupported, cleanup_orphan
+
     try:
-        from hcsshim.hcs.qemu.mounts import remove_tree_safely
-        from hcsshim.hcs.qemu.system import state_dir_for
-    except ImportError:
-        return
-    state_dir = state_dir_for(f"{shim_id}@vm")
-    if not os.path.isdir(state_dir):
-        return
-    needle = state_dir.encode()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and any(needle in arg for arg in _cmdline(int(entry))):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry), signal.SIGKILL)
-    time.sleep(0.05)
-    with contextlib.suppress(Exception):
-        remove_tree_safely(state_dir)
+        cleanup_orphan(f"{shim_id}@vm")
+    except ErrNotSupported as e:
+        log.info("no orphan cleanup", extra={"id": shim_id, "why": str(e)})
 
 
 def _remove_dead_socket(bundle: str) -> None:

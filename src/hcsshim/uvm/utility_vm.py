@@ -14,11 +14,22 @@ from typing import Any, Protocol
 
 from hcsshim import hvsock as mux
 from hcsshim import settings
-from hcsshim.hcs import ComputeSystem, ExitInfo, HcsError, create_compute_system, document_to_dict
-from hcsshim.hcs.qemu import vsock
-from hcsshim.hcs.qemu.config import controller_index
+from hcsshim.hcs import (
+    ComputeSystem,
+    ErrNotSupported,
+    ExitInfo,
+    HcsError,
+    create_compute_system,
+    document_to_dict,
+)
 from hcsshim.hvsock import clone
-from hcsshim.hvsock.abi import BRIDGE_PORT, LOG_PORT, NULL_CONTAINER_ID, SCSI_CONTROLLER_GUIDS
+from hcsshim.hvsock.abi import (
+    BRIDGE_PORT,
+    LOG_PORT,
+    NULL_CONTAINER_ID,
+    SCSI_CONTROLLER_GUIDS,
+    scsi_controller_index,
+)
 from hcsshim.uvm.document import default_lcow_document
 from hcsshim.uvm.errors import UvmError
 from hcsshim.uvm.plan9 import Plan9Mount, Plan9Names
@@ -88,7 +99,7 @@ class UtilityVM:
         controllers: dict[int, str] = {}
         taken: set[tuple[int, int]] = set()
         for pos, (guid, ctrl) in enumerate((devices.get("Scsi") or {}).items()):
-            index = controller_index(guid, pos)
+            index = scsi_controller_index(guid, pos)
             controllers[index] = guid
             taken |= {(index, int(lun)) for lun in (ctrl.get("Attachments") or {})}
         self.scsi = ScsiSlots(controllers, taken)
@@ -121,15 +132,11 @@ class UtilityVM:
         HCSSHIM_TIMEOUT_GCSCONNECTION)."""
         if timeout is None:
             timeout = settings.current().gcs_connection_timeout
-        address = self.system.hvsocket_address
-        transport: mux.Transport
-        if address and address.startswith("vsock:"):
-            # vsock (hcs/qemu/vsock.py): the backend listens; the guest connects after boot.
-            transport = vsock.transport_for(self.system)
-        elif address and address.startswith("unix:"):
-            transport = await mux.connect_unix(address[len("unix:") :])
-        else:
-            raise UvmError(self.id, "start", f"unsupported HvSocket address {address!r}")
+        try:
+            transport = await self.system.open_guest_transport()
+        except ErrNotSupported as e:
+            raise UvmError(self.id, "start", f"no guest transport: {e}") from e
+        address = self.system.hvsocket_address  # for messages
         self.session = mux.MuxSession(_VmTransport(transport, self), mux.Role.HOST).start()
         # Listen before the guest can dial (upstream: PrepareConnection before Start).
         log_listener = await self.session.listen(LOG_PORT)

@@ -16,6 +16,7 @@ from typing import Any
 
 from qemu.qmp import EventListener, QMPClient, QMPError
 
+from hcsshim import hvsock as mux
 from hcsshim import settings
 from hcsshim.hcs.errors import (
     ErrAlreadyExists,
@@ -509,6 +510,13 @@ class QemuComputeSystem(ComputeSystem):
     @property
     def exit_info(self) -> ExitInfo | None:
         return self._exit
+
+    async def open_guest_transport(self) -> mux.Transport:
+        if self.vsock_host is not None:
+            # vsock (hcs/qemu/vsock.py): the backend listens; the guest connects after boot.
+            return vsock.DeferredTransport(asyncio.ensure_future(self.vsock_host.accept()))
+        # virtio-serial: QEMU's chardev is a listening unix socket from creation on.
+        return await mux.connect_unix(self.paths.mux)
 
     @property
     def hvsocket_address(self) -> str | None:
