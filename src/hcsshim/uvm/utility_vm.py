@@ -28,6 +28,8 @@ from hcsshim.hvsock.abi import (
     LOG_PORT,
     NULL_CONTAINER_ID,
     SCSI_CONTROLLER_GUIDS,
+    RequestType,
+    ResourceType,
     scsi_controller_index,
 )
 from hcsshim.uvm.document import default_lcow_document
@@ -394,7 +396,7 @@ class UtilityVM:
                 "Options": options or (["ro"] if read_only else []),
             }
             try:
-                await self.guest_modify("MappedVirtualDisk", "Add", guest)
+                await self.guest_modify(ResourceType.MAPPED_VIRTUAL_DISK, RequestType.ADD, guest)
             except BaseException:
                 with contextlib.suppress(HcsError):
                     await self._remove_scsi_host(m)
@@ -421,8 +423,9 @@ class UtilityVM:
             if m.refs > 0:
                 return
             guest = {"MountPath": m.guest_path, "Lun": m.lun, "Controller": m.controller, "Partition": 0}
-            await self.guest_modify("MappedVirtualDisk", "Remove", guest)
-            await self.guest_modify("SCSIDevice", "Remove", {"Controller": m.controller, "Lun": m.lun})
+            await self.guest_modify(ResourceType.MAPPED_VIRTUAL_DISK, RequestType.REMOVE, guest)
+            device = {"Controller": m.controller, "Lun": m.lun}
+            await self.guest_modify(ResourceType.SCSI_DEVICE, RequestType.REMOVE, device)
             await self._remove_scsi_host(m)
             del self.scsi.by_path[host_path]
 
@@ -444,7 +447,7 @@ class UtilityVM:
             host = {"ResourcePath": "VirtualMachine/Devices/Plan9/Shares", "RequestType": "Add"}
             await self.system.modify({**host, "Settings": m.host_settings()})
             try:
-                await self.guest_modify("MappedDirectory", "Add", m.guest_settings())
+                await self.guest_modify(ResourceType.MAPPED_DIRECTORY, RequestType.ADD, m.guest_settings())
             except BaseException:
                 with contextlib.suppress(HcsError):
                     await self.system.modify({**host, "RequestType": "Remove", "Settings": m.host_settings()})
@@ -461,7 +464,7 @@ class UtilityVM:
             m.refs -= 1
             if m.refs > 0:
                 return
-            await self.guest_modify("MappedDirectory", "Remove", m.guest_settings())
+            await self.guest_modify(ResourceType.MAPPED_DIRECTORY, RequestType.REMOVE, m.guest_settings())
             await self.system.modify(
                 {
                     "ResourcePath": "VirtualMachine/Devices/Plan9/Shares",
@@ -482,7 +485,7 @@ class UtilityVM:
         async with self._lock:
             await self.system.modify({**host, "Settings": host_settings})
             try:
-                await self.guest_modify("Network", "Add", guest_settings)
+                await self.guest_modify(ResourceType.NETWORK, RequestType.ADD, guest_settings)
             except BaseException:
                 with contextlib.suppress(HcsError):
                     await self.system.modify({**host, "RequestType": "Remove", "Settings": host_settings})
@@ -493,7 +496,8 @@ class UtilityVM:
     ) -> None:
         """Guest first (it lets go of the interface), then the device, as upstream removes NICs."""
         async with self._lock:
-            await self.guest_modify("Network", "Remove", {"NamespaceID": namespace_id, "ID": nic_id})
+            nic = {"NamespaceID": namespace_id, "ID": nic_id}
+            await self.guest_modify(ResourceType.NETWORK, RequestType.REMOVE, nic)
             await self.system.modify(
                 {
                     "ResourcePath": f"VirtualMachine/Devices/NetworkAdapters/{nic_id}",
