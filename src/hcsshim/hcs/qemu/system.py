@@ -514,7 +514,7 @@ class QemuComputeSystem(ComputeSystem):
     async def open_guest_transport(self) -> mux.Transport:
         if self.vsock_host is not None:
             # vsock (hcs/qemu/vsock.py): the backend listens; the guest connects after boot.
-            return vsock.DeferredTransport(asyncio.ensure_future(self.vsock_host.accept()))
+            return self.vsock_host.transport()
         # virtio-serial: QEMU's chardev is a listening unix socket from creation on.
         return await mux.connect_unix(self.paths.mux)
 

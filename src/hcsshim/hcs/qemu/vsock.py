@@ -217,6 +217,10 @@ class VsockHost:
     def address(self) -> str:
         return f"vsock:{self.cid}:{self.port}"
 
+    def transport(self) -> DeferredTransport:
+        """The mux transport over the connection the guest will make (ComputeSystem.open_guest_transport)."""
+        return DeferredTransport(asyncio.ensure_future(self.accept()))
+
     async def accept(self) -> mux.StreamTransport:
         """The guest's connection; connections from any other CID are refused."""
         if self._closed:
@@ -297,11 +301,3 @@ class DeferredTransport:
             self._accept.cancel()
         elif not self._accept.cancelled() and self._accept.exception() is None:
             self._accept.result().close()
-
-
-def transport_for(system: object) -> DeferredTransport:
-    """The mux transport of a system whose HvSocket is vsock (see QemuComputeSystem.vsock_host)."""
-    host = getattr(system, "vsock_host", None)
-    if not isinstance(host, VsockHost):
-        raise ErrNotSupported("HvSocket", str(getattr(system, "id", "")), "the system has no vsock host end")
-    return DeferredTransport(asyncio.ensure_future(host.accept()))
