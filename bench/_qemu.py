@@ -6,7 +6,7 @@ import asyncio
 import os
 
 from hcsshim.hcs.qemu import accel
-from hcsshim.hcs.qemu.system import QEMU_BINARY
+from hcsshim.hcs.qemu.system import qemu_binary
 from hcsshim.uvm.document import boot_files_path
 
 
@@ -15,7 +15,7 @@ def chosen() -> accel.Accel:
     kernel = os.path.join(root, "vmlinux")
     if not os.path.isfile(kernel):
         kernel = os.path.join(root, "kernel")
-    return asyncio.run(accel.choose(QEMU_BINARY, kernel))
+    return asyncio.run(accel.choose(qemu_binary(), kernel))
 
 
 def describe(a: accel.Accel) -> str:

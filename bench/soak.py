@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import _qemu
 
-from hcsshim.hcs.qemu.system import STATE_ROOT
+from hcsshim.hcs.qemu.system import state_root
 from tests.support.containerd import Containerd, available, running_containerd, shim_pids
 from tests.support.cri import CriClient
 from tests.support.oci_image import DEFAULT_NAME, build_image, build_pause_image
@@ -118,11 +118,12 @@ def leaks(c: Containerd) -> dict[str, list[str]]:
     sockets = [
         str(p) for p in c.base.rglob("*") if p.is_socket() and p.name not in {"c.sock", "c.sock.ttrpc"}
     ]
-    state = [str(p) for p in Path(STATE_ROOT).iterdir()] if os.path.isdir(STATE_ROOT) else []
+    root = state_root()
+    state = [str(p) for p in Path(root).iterdir()] if os.path.isdir(root) else []
     return {
         "qemu processes": [str(p) for p in qemu_processes()],
         "shim processes": [str(p) for p in shim_pids(c)],
-        "mounts": mounts_under(str(c.base)) + mounts_under(STATE_ROOT),
+        "mounts": mounts_under(str(c.base)) + mounts_under(root),
         "sockets": sockets,
         "qemu state dirs": state,
     }

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import _qemu
 
 from hcsshim.hcs import document_to_dict
-from hcsshim.hcs.qemu.system import QEMU_BINARY, QemuComputeSystem
+from hcsshim.hcs.qemu.system import QemuComputeSystem, qemu_binary
 from hcsshim.uvm.document import boot_files_path, default_lcow_document
 from hcsshim.uvm.utility_vm import UtilityVM
 from tests.support.uvm import FLOOR_READY, build_floor_initrd
@@ -42,7 +42,7 @@ def floor_boot(kernel: str, initrd: str, marker: str, accel: str, work: str) -> 
     if os.path.exists(console):
         os.unlink(console)
     argv = [
-        QEMU_BINARY,
+        qemu_binary(),
         *("-nodefaults", "-no-user-config", "-nographic", "-no-reboot"),
         *("-machine", "pc", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max"),
         *("-m", str(MEMORY_MB), "-smp", str(CPUS)),

@@ -7,11 +7,21 @@ from collections.abc import Iterator
 
 import pytest
 
+from hcsshim import settings
 from tests.support.containerd import containerd, containerd_matrix
 from tests.support.loop_watch import SLOW_CALLBACK_SECONDS, WATCH
 from tests.support.uvm import booted_uvm
 
 __all__ = ["booted_uvm", "containerd", "containerd_matrix"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """Each test reads hcsshim.settings from its own environment (monkeypatch.setenv before the first
+    use; a test that changes a variable after that calls settings.reset())."""
+    settings.reset()
+    yield
+    settings.reset()
 
 
 @pytest.fixture(autouse=True)

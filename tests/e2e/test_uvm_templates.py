@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hcsshim import settings
 from hcsshim.uvm.document import default_lcow_document
 from hcsshim.uvm.template import COMPLETE_FILE, TemplateStore
 from hcsshim.uvm.utility_vm import UtilityVM
@@ -108,6 +109,7 @@ def test_a_changed_kernel_is_a_new_template_and_the_stale_one_is_removed(
     shutil.copytree(boot, private, ignore=shutil.ignore_patterns(".cache", "vmlinux"))
     store = TemplateStore(str(tmp_path / "templates"))
     monkeypatch.setenv("HCSSHIM_BOOT_FILES", str(private))
+    settings.reset()  # boot_files() above already loaded them
 
     async def one(n: int) -> str:
         vm = await store.clone(f"tpl-stale-{os.getpid()}-{n}", default_lcow_document(f"stale-{n}"))

@@ -28,15 +28,18 @@ def install(
     """Make the qemu backend start this fake (through a shell wrapper ``tmp/qemu`` that runs ``prelude``
     first) under TCG, with its state under ``tmp/st`` (returned), and write placeholder ``boot_files``
     into ``tmp``."""
-    from hcsshim.hcs.qemu import system as qemu_system  # not at the top: the fake itself starts lean
+    from hcsshim import settings  # not at the top: the fake itself starts lean
+    from hcsshim.hcs.qemu import system as qemu_system
 
     wrapper = tmp / "qemu"
     wrapper.write_text(f'#!/bin/sh\n{prelude}exec {sys.executable} {Path(__file__).resolve()} "$@"\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setattr(qemu_system, "QEMU_BINARY", str(wrapper))
+    monkeypatch.setenv(settings.QEMU_ENV, str(wrapper))
+    monkeypatch.setenv(settings.ACCEL_ENV, "tcg")
+    settings.reset()  # read again at the next use, with these
     state = tmp / "st"
-    monkeypatch.setattr(qemu_system, "STATE_ROOT", str(state))
-    monkeypatch.setenv("HCSSHIM_ACCEL", "tcg")
+    # Not HCSSHIM_RUN_DIR: its `qemu/` would lengthen the socket paths, which must stay under 108 bytes.
+    monkeypatch.setattr(qemu_system, "state_root", lambda: str(state))
     for name in boot_files:
         (tmp / name).write_bytes(b"x")
     return state

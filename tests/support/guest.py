@@ -12,9 +12,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from hcsshim.gcs import protocol as p
 from hcsshim.gcs.bridge import BridgeClient
 from hcsshim.hvsock import MuxSession, Role, StreamTransport
+from hcsshim.hvsock.abi import NULL_CONTAINER_ID
 
 RUNC = "/usr/sbin/runc"
 
@@ -44,7 +44,7 @@ class GuestAgent:
 
     async def stop(self, timeout: float = 30.0) -> int:
         with contextlib.suppress(Exception):
-            await self.client.shutdown_forced(p.NULL_CONTAINER_ID, timeout=timeout)
+            await self.client.shutdown_forced(NULL_CONTAINER_ID, timeout=timeout)
         try:
             code = await asyncio.wait_for(self.process.wait(), timeout)
         except TimeoutError:

@@ -11,6 +11,7 @@ import pytest
 from hcsshim import hvsock
 from hcsshim.gcs import protocol as p
 from hcsshim.gcs.bridge import BridgeClient, BridgeClosedError, BridgeError, BridgeTimeoutError
+from hcsshim.hvsock.abi import BRIDGE_PORT
 
 FakeGuest = Callable[[hvsock.Channel, p.Message], Awaitable[None]]
 
@@ -20,7 +21,7 @@ async def _reply(ch: hvsock.Channel, msg: p.Message, body: dict[str, object]) ->
 
 
 async def _fake_guest(session: hvsock.MuxSession, handle: FakeGuest) -> None:
-    ch = await session.dial(p.BRIDGE_PORT, timeout=5)
+    ch = await session.dial(BRIDGE_PORT, timeout=5)
     dec = p.Decoder()
     while data := await ch.read():
         for msg in dec.feed(data):
@@ -37,7 +38,7 @@ def _run(handle: FakeGuest, body: Callable[[BridgeClient, list[dict[str, object]
         rb, wb = await asyncio.open_connection(sock=b)
         host = hvsock.MuxSession(hvsock.StreamTransport(ra, wa), hvsock.Role.HOST).start()
         guest = hvsock.MuxSession(hvsock.StreamTransport(rb, wb), hvsock.Role.GUEST).start()
-        listener = await host.listen(p.BRIDGE_PORT)
+        listener = await host.listen(BRIDGE_PORT)
         fake = asyncio.create_task(_fake_guest(guest, handle))
         notes: list[dict[str, object]] = []
         client = await BridgeClient.connect(host, timeout=5, notify=notes.append, listener=listener)

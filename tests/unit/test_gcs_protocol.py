@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hcsshim.gcs import protocol as p
+from hcsshim.hvsock.abi import BRIDGE_PORT
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
@@ -29,7 +30,7 @@ def test_rpc_codes_match_upstream() -> None:
     assert p.NOTIFY_CONTAINER == 0x30100101
     assert p.type_name(0x10100A01) == "Request(ModifySettings)"
     assert p.type_name(p.NOTIFY_CONTAINER) == "Notify(Container)"
-    assert p.HEADER_SIZE == 16 and p.MAX_MESSAGE_SIZE == 0x10000 and p.BRIDGE_PORT == 0x40000000
+    assert p.HEADER_SIZE == 16 and p.MAX_MESSAGE_SIZE == 0x10000 and BRIDGE_PORT == 0x40000000
     assert p.Hresult.VMCOMPUTE_INVALID_JSON & 0xFFFFFFFF == 0xC037010D
     assert p.Hresult.VMCOMPUTE_UNKNOWN_MESSAGE & 0xFFFFFFFF == 0xC037010B
 

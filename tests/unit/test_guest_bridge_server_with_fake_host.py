@@ -14,6 +14,7 @@ from hcsshim import hvsock
 from hcsshim.gcs import protocol as p
 from hcsshim.gcs.bridge import BridgeClient
 from hcsshim.guest.server import BridgeServer
+from hcsshim.hvsock.abi import BRIDGE_PORT
 
 
 class FakeHost:
@@ -81,7 +82,7 @@ def test_fake_host_garbage_requests_get_error_responses_and_server_keeps_serving
 def test_fake_host_lost_framing_is_answered_then_bridge_redialed() -> None:
     async def main() -> None:
         host, guest, _, task = await _serve_pair()
-        listener = await host.listen(p.BRIDGE_PORT)
+        listener = await host.listen(BRIDGE_PORT)
         ch = await listener.accept()
         await ch.write(p.HEADER.pack(p.request_type(p.Rpc.DUMP_STACKS), 3, 42))  # size < header
         dec = p.Decoder()
@@ -108,7 +109,7 @@ def test_fake_host_lost_framing_is_answered_then_bridge_redialed() -> None:
 def test_fake_host_requests_before_negotiation_are_refused() -> None:
     async def main() -> None:
         host, guest, _, task = await _serve_pair()
-        listener = await host.listen(p.BRIDGE_PORT)
+        listener = await host.listen(BRIDGE_PORT)
         ch = await listener.accept()
         client = BridgeClient(host, ch)
         resp = await client.request_raw(p.request_type(p.Rpc.DUMP_STACKS), p.request_base())

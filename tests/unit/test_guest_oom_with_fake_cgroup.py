@@ -15,6 +15,7 @@ from hcsshim.gcs import protocol as p
 from hcsshim.gcs.bridge import BridgeClient
 from hcsshim.guest import oom
 from hcsshim.guest.server import BridgeServer
+from hcsshim.hvsock.abi import BRIDGE_PORT
 
 EVENTS = "low 0\nhigh 0\nmax {max}\noom {oom}\noom_kill {kill}\noom_group_kill 0\n"
 
@@ -139,7 +140,7 @@ def test_fake_host_oom_notification_reaches_the_bridge_client_callback() -> None
 def test_fake_host_that_did_not_ask_gets_no_oom_notification() -> None:
     async def main() -> None:
         host, guest, server, fake, task = await _pair()
-        listener = await host.listen(p.BRIDGE_PORT)
+        listener = await host.listen(BRIDGE_PORT)
         ch = await listener.accept()
         negotiate = {**p.request_base(), "MinimumVersion": 4, "MaximumVersion": 4}  # an upstream host
         await ch.write(p.encode(p.request_type(p.Rpc.NEGOTIATE_PROTOCOL), 1, negotiate))

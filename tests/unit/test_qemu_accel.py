@@ -16,7 +16,7 @@ def test_forced_accel(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_probe_result_is_cached_with_fake_probe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("HCSSHIM_ACCEL", raising=False)
-    monkeypatch.setattr(accel, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("HCSSHIM_RUN_DIR", str(tmp_path))
     monkeypatch.setattr(os, "access", lambda path, mode: True)
     probes: list[str] = []
 

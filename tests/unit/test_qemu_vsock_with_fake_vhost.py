@@ -197,7 +197,7 @@ def test_setup_falls_back_when_vsock_setup_fails_with_fake_vhost() -> None:
 def test_accept_runs_mux_over_guest_connection_with_fake_vsock() -> None:
     async def run() -> None:
         host = TcpVsockHost(cid=42)
-        transport = vsock.transport_for(type("S", (), {"vsock_host": host, "id": "vm"})())
+        transport = host.transport()
         session = hvsock.MuxSession(transport, hvsock.Role.HOST).start()
         listener = await session.listen(0x40000000)
 
@@ -228,7 +228,7 @@ def test_accept_runs_mux_over_guest_connection_with_fake_vsock() -> None:
 def test_deferred_transport_closed_before_guest_connects_with_fake_vsock() -> None:
     async def run() -> None:
         host = TcpVsockHost(cid=5)
-        transport = vsock.transport_for(type("S", (), {"vsock_host": host, "id": "vm"})())
+        transport = host.transport()
         reader = asyncio.create_task(transport.read())
         await asyncio.sleep(0.01)
         transport.close()
@@ -238,14 +238,12 @@ def test_deferred_transport_closed_before_guest_connects_with_fake_vsock() -> No
         host.close()
         # A VM that stops before its guest connects fails the accept cleanly.
         host2 = TcpVsockHost(cid=6)
-        t2 = vsock.transport_for(type("S", (), {"vsock_host": host2, "id": "vm"})())
+        t2 = host2.transport()
         pending = asyncio.create_task(t2.read())
         await asyncio.sleep(0.01)
         host2.close()
         with pytest.raises(ConnectionError, match="accepting the guest's vsock connection failed"):
             await asyncio.wait_for(pending, 5)
-        with pytest.raises(hcs.ErrNotSupported):
-            vsock.transport_for(object())
 
     asyncio.run(run())
 
@@ -272,6 +270,9 @@ def test_qemu_system_reports_vsock_with_fake_qemu_and_fake_vhost(
         assert f"vhost-vsock-pci,id=vsock0,guest-cid=321,vhostfd={fake.vhost_fd}" in argv
         assert f"hcsshim.transport=vsock:2:{fake.port}" in argv[argv.index("-append") + 1]
         assert str(fake.vhost_fd) in (tmp_path / "fds").read_text().split()  # QEMU inherits it
+        transport = await cs.open_guest_transport()  # what UtilityVM.start runs the mux over
+        assert isinstance(transport, vsock.DeferredTransport)
+        transport.close()
         await cs.terminate()
         await cs.wait()
         assert fake.closed
@@ -292,6 +293,9 @@ def test_qemu_system_reports_virtio_serial_with_fake_qemu(
         assert backend["HvSocketTransportReason"] == "HCSSHIM_HVSOCKET=virtio-serial"
         assert "GuestCid" not in backend
         assert (cs.hvsocket_address or "").startswith("unix:")
+        transport = await cs.open_guest_transport()  # dials the fake's mux chardev socket
+        assert isinstance(transport, hvsock.StreamTransport)
+        transport.close()
         await cs.terminate()
 
     asyncio.run(run())

@@ -174,3 +174,19 @@ def test_cancelled_terminate_propagates_and_spares_exit_handling_with_fake_syste
         assert not vm._exit_task.cancelled()
 
     asyncio.run(run())
+
+
+def test_start_without_a_guest_transport_fails_before_booting_with_fake_system() -> None:
+    # The base ComputeSystem hands out no guest transport; UtilityVM.start must not boot the VM then.
+    class NoTransport(FakeSystem):
+        async def start(self) -> None:
+            self.calls.append(("host", ("start", "")))
+
+    async def run() -> None:
+        calls: list[tuple[str, Any]] = []
+        vm = UtilityVM("fake", NoTransport(calls), {})
+        with pytest.raises(UvmError, match=r"no guest transport: .*the NoTransport backend has no guest"):
+            await vm.start(timeout=1)
+        assert calls == []
+
+    asyncio.run(run())

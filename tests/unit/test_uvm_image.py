@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hcsshim import settings
 from hcsshim.cli import main as cli_main
 from hcsshim.hvsock import abi
 from hcsshim.image import builder, cpio, dependencies, init_script
@@ -305,6 +306,7 @@ def test_default_boot_files_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(builder.ENV_BOOT_FILES, raising=False)
     assert builder.default_boot_files_path() == "/var/cache/hcsshim/uvm"
     monkeypatch.setenv(builder.ENV_BOOT_FILES, "/x/y")
+    settings.reset()  # loaded once per process: read the changed variable again
     assert builder.default_boot_files_path() == "/x/y"
 
 

@@ -34,13 +34,14 @@ def _accel_line(boot_files: str) -> str:
     import os
 
     from hcsshim.hcs.qemu import accel
-    from hcsshim.hcs.qemu.system import QEMU_BINARY
+    from hcsshim.hcs.qemu.system import qemu_binary
 
     kernel = os.path.join(boot_files, "vmlinux")
     if not os.path.isfile(kernel):
         kernel = os.path.join(boot_files, "kernel")
-    chosen = asyncio.run(accel.choose(QEMU_BINARY, kernel))
-    return f"qemu    {QEMU_BINARY} {chosen.qemu_version}; accel {chosen.spec} ({chosen.why})"
+    qemu = qemu_binary()
+    chosen = asyncio.run(accel.choose(qemu, kernel))
+    return f"qemu    {qemu} {chosen.qemu_version}; accel {chosen.spec} ({chosen.why})"
 
 
 def _cmd_build(ns: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ import termios
 import tty
 from typing import Any
 
+from hcsshim import settings
+
 BUSYBOX = "/bin/busybox"
 
 
@@ -73,7 +75,7 @@ def container_spec(args: list[str], root: str, terminal: bool) -> dict[str, Any]
             "terminal": terminal,
             "user": {"uid": 0, "gid": 0},
             "args": args,
-            "env": ["PATH=/bin", "TERM=" + os.environ.get("TERM", "xterm"), "HOME=/root"],
+            "env": ["PATH=/bin", "TERM=" + settings.inherited_environ().get("TERM", "xterm"), "HOME=/root"],
             "cwd": "/",
         },
         "root": {"path": root, "readonly": True},

@@ -13,10 +13,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-# Transitional re-exports: guest/server.py still reads p.BRIDGE_PORT and p.NULL_CONTAINER_ID; drop the
-# "as" once it imports them from hcsshim.hvsock.abi like every other user of the device ABI.
-from hcsshim.hvsock.abi import BRIDGE_PORT as BRIDGE_PORT
-from hcsshim.hvsock.abi import NULL_CONTAINER_ID as NULL_CONTAINER_ID
+from hcsshim.hvsock.abi import NULL_CONTAINER_ID
 
 HEADER = struct.Struct("<IIQ")
 HEADER_SIZE = HEADER.size

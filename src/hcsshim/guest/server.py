@@ -15,6 +15,7 @@ from typing import Any
 from hcsshim.gcs import protocol as p
 from hcsshim.gcs.protocol import GcsError, Hresult, Rpc
 from hcsshim.hvsock import clone
+from hcsshim.hvsock.abi import BRIDGE_PORT, NULL_CONTAINER_ID
 from hcsshim.hvsock.session import Channel, MuxSession
 
 from . import log, portforward
@@ -68,7 +69,7 @@ class BridgeServer:
         while not self.session.closed and not self.shutdown_requested.is_set():
             try:
                 # Short timeout: an OPEN written before the host end of a virtio port connected is lost.
-                ch = await self.session.dial(p.BRIDGE_PORT, timeout=5)
+                ch = await self.session.dial(BRIDGE_PORT, timeout=5)
             except (ConnectionRefusedError, TimeoutError) as e:
                 LOG.debug("bridge dial failed", extra={"error": str(e)})
                 await asyncio.sleep(redial_delay)
@@ -192,7 +193,7 @@ class BridgeServer:
         config = p.parse_any_in_string(body.get("ContainerConfig"), "ContainerConfig")
         if not isinstance(config, dict):
             raise GcsError("ContainerConfig is not an object", Hresult.VMCOMPUTE_INVALID_JSON)
-        if cid == p.NULL_CONTAINER_ID:
+        if cid == NULL_CONTAINER_ID:
             return {}  # the UVM "create" (UvmConfig) is accepted and ignored, as the Linux GCS does
         c = await self.host.create_container(cid, config)
         return {"SelectedProtocolVersion": p.PROTOCOL_VERSION, p.INIT_PROCESS_ID_KEY: c.init.pid}
@@ -208,7 +209,7 @@ class BridgeServer:
 
     async def _shutdown(self, body: dict[str, Any], graceful: bool) -> dict[str, Any]:
         cid = str(body.get("ContainerId") or "")
-        if cid == p.NULL_CONTAINER_ID:
+        if cid == NULL_CONTAINER_ID:
             self.shutdown_requested.set()
             return {}
         await self.host.shutdown_container(cid, graceful)
@@ -226,7 +227,7 @@ class BridgeServer:
             int(relay.get("StdOut") or 0) if params.get("CreateStdOutPipe") else None,
             int(relay.get("StdErr") or 0) if params.get("CreateStdErrPipe") else None,
         )
-        if params.get("CreateInUtilityVM") or cid == p.NULL_CONTAINER_ID:
+        if params.get("CreateInUtilityVM") or cid == NULL_CONTAINER_ID:
             pid = await self.host.exec_external(params, ports)
         else:
             c = self.host.container(cid)

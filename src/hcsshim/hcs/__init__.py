@@ -5,10 +5,10 @@ terminate/wait) with HCS-like errors, realized by a backend: `qemu` on Linux, `w
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Awaitable, Callable
 
+from hcsshim import settings
 from hcsshim.hcs.errors import (
     ErrAlreadyExists,
     ErrComputeSystemDoesNotExist,
@@ -55,7 +55,7 @@ BACKENDS: dict[str, Callable[[], tuple[Creator, Opener]]] = {"qemu": _qemu, "win
 
 
 def default_backend() -> str:
-    return os.environ.get("HCSSHIM_HCS_BACKEND") or ("windows" if sys.platform == "win32" else "qemu")
+    return settings.current().hcs_backend or ("windows" if sys.platform == "win32" else "qemu")
 
 
 def _backend(name: str | None) -> tuple[Creator, Opener]:
@@ -87,6 +87,18 @@ async def template_key(document: Document, backend: str | None = None) -> str:
     return await qemu_template_key(document)
 
 
+def cleanup_orphan(system_id: str, backend: str | None = None) -> None:
+    """Release what system `system_id` left behind when the process that created it died without
+    terminate() (for qemu: a QEMU still running, its mounts, its state directory); a system that left
+    nothing is not an error. Blocking: `shim delete` calls it from a short-lived process."""
+    chosen = backend or default_backend()
+    if chosen != "qemu":
+        raise ErrNotSupported("CleanupOrphan", system_id, f"the {chosen} backend cannot clean up orphans")
+    from hcsshim.hcs.qemu.orphans import cleanup_orphan as qemu_cleanup_orphan
+
+    qemu_cleanup_orphan(system_id)
+
+
 def open_compute_system(system_id: str, backend: str | None = None) -> ComputeSystem:
     """A system created earlier by this process."""
     _, open_ = _backend(backend)
@@ -113,6 +125,7 @@ __all__ = [
     "HcsError",
     "StallDiagnosis",
     "SystemState",
+    "cleanup_orphan",
     "create_compute_system",
     "default_backend",
     "document_to_dict",

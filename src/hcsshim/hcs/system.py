@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hcsshim.hcs.errors import ErrNotSupported, ErrVmcomputeInvalidJSON
+from hcsshim.hvsock.transports import Transport
 
 
 class SystemState(enum.Enum):
@@ -106,6 +107,12 @@ class ComputeSystem(abc.ABC):
         """HcsSaveComputeSystem: with SaveOptions {SaveType: "AsTemplate", SaveStateFilePath} the VM is
         paused and saved so that clones can be created from it (VirtualMachine.RestoreState)."""
         raise ErrNotSupported("Save", self.id, f"the {type(self).__name__} backend cannot save a VM")
+
+    async def open_guest_transport(self) -> Transport:
+        """The host end of the guest's HvSocket stand-in (the byte stream the mux session runs over),
+        opened before start(): the session's listeners exist before the guest can dial. Call once."""
+        backend = type(self).__name__
+        raise ErrNotSupported("HvSocket", self.id, f"the {backend} backend has no guest transport")
 
     async def diagnose_stall(self) -> StallDiagnosis:
         """Look into a live guest that stopped answering; backends that can, override this."""

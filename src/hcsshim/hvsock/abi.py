@@ -53,6 +53,17 @@ SCSI_CONTROLLER_GUIDS: tuple[str, ...] = (
     "305891a9-b251-5dfe-91a2-c25d9212275b",
 )
 SCSI_CONTROLLERS = len(SCSI_CONTROLLER_GUIDS)
+
+
+def scsi_controller_index(guid: str, position: int) -> int:
+    """The number of a document's SCSI controller: a known GUID keeps upstream's number; an unknown
+    one takes its position in the document."""
+    try:
+        return SCSI_CONTROLLER_GUIDS.index(guid.lower())
+    except ValueError:
+        return position
+
+
 SCSI_LUNS_PER_CONTROLLER = 64
 # The qemu backend puts controller i at PCI slot 0x10+i of bus 0; the guest finds its disks there.
 SCSI_PCI_SLOT_BASE = 0x10

@@ -7,6 +7,8 @@ import os
 import stat
 import subprocess
 
+from hcsshim import settings
+
 BLOCK = 4096
 MiB = 1024 * 1024
 
@@ -55,7 +57,7 @@ def make_ext4(
         argv += ["-L", label]
     if reproducible:
         argv += ["-U", "clear"]
-    env = dict(os.environ)
+    env = settings.inherited_environ()
     if reproducible:
         env["E2FSPROGS_FAKE_TIME"] = "1"
     try:

@@ -13,6 +13,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from hcsshim import settings
 from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.shim.io import GuestStdio
 
@@ -135,13 +136,11 @@ def templates_enabled(spec: dict[str, Any], options: runhcs_pb2.Options | None) 
     return parse_bool(merged, keys.UVM_TEMPLATES, True)
 
 
-# ``module:function`` of another HostFactory, for tests that run the guest agent without a VM.
-FACTORY_ENV = "HCSSHIM_SHIM_HOST_FACTORY"
-
-
 async def create_uvm(uvm_id: str, spec: dict[str, Any], options: runhcs_pb2.Options | None) -> Host:
     """Create and boot the pod's (or a standalone task's) UVM; terminated again if the boot fails."""
-    override = os.environ.get(FACTORY_ENV)
+    # HCSSHIM_SHIM_HOST_FACTORY: ``module:function`` of another HostFactory, for tests that run the
+    # guest agent without a VM.
+    override = settings.current().shim_host_factory
     if override:
         module, _, name = override.partition(":")
         factory: HostFactory = getattr(importlib.import_module(module), name)

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from typing import Any
 
+from hcsshim import settings
 from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.gcs.bridge import BridgeClient
 from hcsshim.hvsock.abi import NULL_CONTAINER_ID
@@ -29,7 +30,6 @@ from hcsshim.hvsock.transports import StreamTransport
 
 log = logging.getLogger("hcsshim.shim.local")
 
-STATE_ROOT = os.environ.get("HCSSHIM_LOCAL_STATE", "/run/hcsshim/local")
 CONNECT_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _PR_SET_PDEATHSIG = 1
@@ -41,7 +41,7 @@ def _die_with_parent() -> None:
 
 def state_dir(host_id: str) -> str:
     # Short and safe: the mux socket path must stay under 108 bytes.
-    return os.path.join(STATE_ROOT, hashlib.sha256(host_id.encode()).hexdigest()[:16])
+    return os.path.join(settings.current().local_state, hashlib.sha256(host_id.encode()).hexdigest()[:16])
 
 
 def runc_binary() -> str:

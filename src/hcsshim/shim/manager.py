@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from hcsshim import settings
 from hcsshim.api.containerd.task.v2 import shim_pb2 as task_v2
 from hcsshim.shim.flags import Flags
 from hcsshim.shim.kind import RUNHCS_V1, ShimKind
@@ -29,8 +31,8 @@ from hcsshim.shim.service_task import SERVICE_V2, timestamp
 from hcsshim.shim.spec import Role, read_spec, role_and_sandbox
 from hcsshim.ttrpc import Client
 
-# Tests point this elsewhere; containerd itself uses /run/containerd/s for root.
-DEFAULT_SOCKET_DIR = os.environ.get("HCSSHIM_SHIM_SOCKET_DIR", "/run/containerd/s")
+log = logging.getLogger(__name__)
+
 READY_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 EXITED_STATUS = 255
@@ -45,7 +47,8 @@ class StartError(RuntimeError):
 def socket_path(grpc_address: str, namespace: str, group: str, socket_dir: str = "") -> str:
     """containerd's convention: sha256 of ``<address>/<ns>/<group>`` under the socket directory."""
     digest = hashlib.sha256(os.path.join(grpc_address, namespace, group).encode()).hexdigest()
-    return os.path.join(socket_dir or DEFAULT_SOCKET_DIR, digest)
+    # Tests point HCSSHIM_SHIM_SOCKET_DIR elsewhere; containerd itself uses /run/containerd/s for root.
+    return os.path.join(socket_dir or settings.current().shim_socket_dir, digest)
 
 
 def write_atomic(path: str, data: str) -> None:
@@ -112,7 +115,7 @@ def _spawn_server(
     address = "unix://" + path
     sock = _listen(path)
     ready_r, ready_w = os.pipe()
-    env = dict(os.environ)
+    env = settings.inherited_environ()
     if start.bootstrap is not None and start.bootstrap.containerd_ttrpc_address:
         env.setdefault("TTRPC_ADDRESS", start.bootstrap.containerd_ttrpc_address)
     try:
@@ -250,23 +253,13 @@ def _stop_server(bundle: str, shim_id: str) -> None:
 
 
 def kill_uvm(shim_id: str) -> None:
-    """QEMU dies with its shim (PDEATHSIG); this covers a VM whose state directory is left behind."""
+    """The VM dies with its shim; this covers one whose process or state is left behind."""
+    from hcsshim.hcs import ErrNotSupported, cleanup_orphan
+
     try:
-        from hcsshim.hcs.qemu.mounts import remove_tree_safely
-        from hcsshim.hcs.qemu.system import state_dir_for
-    except ImportError:
-        return
-    state_dir = state_dir_for(f"{shim_id}@vm")
-    if not os.path.isdir(state_dir):
-        return
-    needle = state_dir.encode()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and any(needle in arg for arg in _cmdline(int(entry))):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry), signal.SIGKILL)
-    time.sleep(0.05)
-    with contextlib.suppress(Exception):
-        remove_tree_safely(state_dir)
+        cleanup_orphan(f"{shim_id}@vm")
+    except ErrNotSupported as e:
+        log.info("no orphan cleanup", extra={"id": shim_id, "why": str(e)})
 
 
 def _remove_dead_socket(bundle: str) -> None:

@@ -15,6 +15,7 @@ import signal
 import stat
 import sys
 
+from hcsshim import settings
 from hcsshim.shim import logs
 from hcsshim.shim.flags import Flags
 from hcsshim.shim.kind import RUNHCS_V1, ShimKind
@@ -57,7 +58,7 @@ def dump_tasks() -> None:
 
 
 def ttrpc_address(flags: Flags) -> str:
-    return os.environ.get("TTRPC_ADDRESS") or (flags.address + ".ttrpc" if flags.address else "")
+    return settings.current().ttrpc_address or (flags.address + ".ttrpc" if flags.address else "")
 
 
 async def _serve(flags: Flags, stdin_data: bytes, kind: ShimKind) -> int:

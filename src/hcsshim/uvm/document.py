@@ -6,19 +6,21 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from hcsshim import settings
+
 # Imported here, not on first use: a first use inside a running event loop would hold it for the
 # ~0.3 s the builder and schema modules take to import.
 from hcsshim.builder.lcow_v2 import build_lcow_uvm_v2
 from hcsshim.builder.options import BootFiles
 from hcsshim.hvsock.abi import SCSI_CONTROLLER_GUIDS
 
-ENV_BOOT_FILES = "HCSSHIM_BOOT_FILES"
-DEFAULT_BOOT_FILES = "/var/cache/hcsshim/uvm"
+ENV_BOOT_FILES = settings.BOOT_FILES_ENV
+DEFAULT_BOOT_FILES = settings.DEFAULT_BOOT_FILES
 
 
 def boot_files_path() -> str:
     """Where `hcsshim uvm build` puts the boot files (the image builder uses the same)."""
-    return os.environ.get(ENV_BOOT_FILES) or DEFAULT_BOOT_FILES
+    return settings.current().boot_files
 
 
 def minimal_lcow_document(

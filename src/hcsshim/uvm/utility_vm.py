@@ -13,11 +13,25 @@ import uuid
 from typing import Any, Protocol
 
 from hcsshim import hvsock as mux
-from hcsshim.hcs import ComputeSystem, ExitInfo, HcsError, create_compute_system, document_to_dict
-from hcsshim.hcs.qemu import vsock
-from hcsshim.hcs.qemu.config import controller_index
+from hcsshim import settings
+from hcsshim.hcs import (
+    ComputeSystem,
+    ErrNotSupported,
+    ExitInfo,
+    HcsError,
+    create_compute_system,
+    document_to_dict,
+)
 from hcsshim.hvsock import clone
-from hcsshim.hvsock.abi import BRIDGE_PORT, LOG_PORT, NULL_CONTAINER_ID, SCSI_CONTROLLER_GUIDS
+from hcsshim.hvsock.abi import (
+    BRIDGE_PORT,
+    LOG_PORT,
+    NULL_CONTAINER_ID,
+    SCSI_CONTROLLER_GUIDS,
+    RequestType,
+    ResourceType,
+    scsi_controller_index,
+)
 from hcsshim.uvm.document import default_lcow_document
 from hcsshim.uvm.errors import UvmError
 from hcsshim.uvm.plan9 import Plan9Mount, Plan9Names
@@ -25,7 +39,6 @@ from hcsshim.uvm.scsi import ScsiMount, ScsiSlots
 
 log = logging.getLogger(__name__)
 
-GCS_CONNECTION_TIMEOUT = float(os.environ.get("HCSSHIM_TIMEOUT_GCSCONNECTION", "120"))
 EXIT_GRACE = 2.0
 
 
@@ -88,7 +101,7 @@ class UtilityVM:
         controllers: dict[int, str] = {}
         taken: set[tuple[int, int]] = set()
         for pos, (guid, ctrl) in enumerate((devices.get("Scsi") or {}).items()):
-            index = controller_index(guid, pos)
+            index = scsi_controller_index(guid, pos)
             controllers[index] = guid
             taken |= {(index, int(lun)) for lun in (ctrl.get("Attachments") or {})}
         self.scsi = ScsiSlots(controllers, taken)
@@ -116,17 +129,16 @@ class UtilityVM:
             raise UvmError(self.id, "bridge", "the guest connection is not established (start() first)")
         return self._bridge
 
-    async def start(self, timeout: float = GCS_CONNECTION_TIMEOUT) -> None:
-        """Boot, accept the guest's mux session and negotiate the bridge within `timeout`."""
-        address = self.system.hvsocket_address
-        transport: mux.Transport
-        if address and address.startswith("vsock:"):
-            # vsock (hcs/qemu/vsock.py): the backend listens; the guest connects after boot.
-            transport = vsock.transport_for(self.system)
-        elif address and address.startswith("unix:"):
-            transport = await mux.connect_unix(address[len("unix:") :])
-        else:
-            raise UvmError(self.id, "start", f"unsupported HvSocket address {address!r}")
+    async def start(self, timeout: float | None = None) -> None:
+        """Boot, accept the guest's mux session and negotiate the bridge within `timeout` (default:
+        HCSSHIM_TIMEOUT_GCSCONNECTION)."""
+        if timeout is None:
+            timeout = settings.current().gcs_connection_timeout
+        try:
+            transport = await self.system.open_guest_transport()
+        except ErrNotSupported as e:
+            raise UvmError(self.id, "start", f"no guest transport: {e}") from e
+        address = self.system.hvsocket_address  # for messages
         self.session = mux.MuxSession(_VmTransport(transport, self), mux.Role.HOST).start()
         # Listen before the guest can dial (upstream: PrepareConnection before Start).
         log_listener = await self.session.listen(LOG_PORT)
@@ -384,7 +396,7 @@ class UtilityVM:
                 "Options": options or (["ro"] if read_only else []),
             }
             try:
-                await self.guest_modify("MappedVirtualDisk", "Add", guest)
+                await self.guest_modify(ResourceType.MAPPED_VIRTUAL_DISK, RequestType.ADD, guest)
             except BaseException:
                 with contextlib.suppress(HcsError):
                     await self._remove_scsi_host(m)
@@ -411,8 +423,9 @@ class UtilityVM:
             if m.refs > 0:
                 return
             guest = {"MountPath": m.guest_path, "Lun": m.lun, "Controller": m.controller, "Partition": 0}
-            await self.guest_modify("MappedVirtualDisk", "Remove", guest)
-            await self.guest_modify("SCSIDevice", "Remove", {"Controller": m.controller, "Lun": m.lun})
+            await self.guest_modify(ResourceType.MAPPED_VIRTUAL_DISK, RequestType.REMOVE, guest)
+            device = {"Controller": m.controller, "Lun": m.lun}
+            await self.guest_modify(ResourceType.SCSI_DEVICE, RequestType.REMOVE, device)
             await self._remove_scsi_host(m)
             del self.scsi.by_path[host_path]
 
@@ -434,7 +447,7 @@ class UtilityVM:
             host = {"ResourcePath": "VirtualMachine/Devices/Plan9/Shares", "RequestType": "Add"}
             await self.system.modify({**host, "Settings": m.host_settings()})
             try:
-                await self.guest_modify("MappedDirectory", "Add", m.guest_settings())
+                await self.guest_modify(ResourceType.MAPPED_DIRECTORY, RequestType.ADD, m.guest_settings())
             except BaseException:
                 with contextlib.suppress(HcsError):
                     await self.system.modify({**host, "RequestType": "Remove", "Settings": m.host_settings()})
@@ -451,7 +464,7 @@ class UtilityVM:
             m.refs -= 1
             if m.refs > 0:
                 return
-            await self.guest_modify("MappedDirectory", "Remove", m.guest_settings())
+            await self.guest_modify(ResourceType.MAPPED_DIRECTORY, RequestType.REMOVE, m.guest_settings())
             await self.system.modify(
                 {
                     "ResourcePath": "VirtualMachine/Devices/Plan9/Shares",
@@ -472,7 +485,7 @@ class UtilityVM:
         async with self._lock:
             await self.system.modify({**host, "Settings": host_settings})
             try:
-                await self.guest_modify("Network", "Add", guest_settings)
+                await self.guest_modify(ResourceType.NETWORK, RequestType.ADD, guest_settings)
             except BaseException:
                 with contextlib.suppress(HcsError):
                     await self.system.modify({**host, "RequestType": "Remove", "Settings": host_settings})
@@ -483,7 +496,8 @@ class UtilityVM:
     ) -> None:
         """Guest first (it lets go of the interface), then the device, as upstream removes NICs."""
         async with self._lock:
-            await self.guest_modify("Network", "Remove", {"NamespaceID": namespace_id, "ID": nic_id})
+            nic = {"NamespaceID": namespace_id, "ID": nic_id}
+            await self.guest_modify(ResourceType.NETWORK, RequestType.REMOVE, nic)
             await self.system.modify(
                 {
                     "ResourcePath": f"VirtualMachine/Devices/NetworkAdapters/{nic_id}",

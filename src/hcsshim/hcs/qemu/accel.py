@@ -24,9 +24,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+from hcsshim import settings
+
 log = logging.getLogger(__name__)
 
-CACHE_DIR = os.environ.get("HCSSHIM_RUN_DIR", "/run/hcsshim")
 PROBE_TIMEOUT = 20.0
 MTTCG_SAFE_SINCE = (8, 1)
 _VERSION_RE = re.compile(r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?")
@@ -102,7 +103,7 @@ async def choose(qemu: str, kernel: str) -> Accel:
     """The accelerator for a VM: KVM where the probe proved it, else TCG with the threading this QEMU
     can run safely. HCSSHIM_ACCEL with a comma (e.g. `tcg,thread=multi`) is passed to QEMU verbatim."""
     version = await qemu_version(qemu)
-    forced = os.environ.get("HCSSHIM_ACCEL", "")
+    forced = settings.current().accel
     if "," in forced:
         return Accel(forced.split(",")[0], forced, "forced by HCSSHIM_ACCEL", version)
     name, why = await choose_accel(qemu, kernel)
@@ -112,6 +113,11 @@ async def choose(qemu: str, kernel: str) -> Accel:
     if thread == "single":
         log.warning("tcg single-threaded", extra={"qemu": str(version), "why": thread_why})
     return Accel("tcg", f"tcg,thread={thread}", f"{why}; {thread_why}", version)
+
+
+def cache_dir() -> str:
+    """Where probe results are kept (HCSSHIM_RUN_DIR)."""
+    return settings.current().run_dir
 
 
 def _boot_id() -> str:
@@ -124,7 +130,7 @@ def _boot_id() -> str:
 
 def _cache_path(kernel: str) -> str:
     key = hashlib.sha256(f"{_boot_id()}:{os.path.realpath(kernel)}".encode()).hexdigest()[:16]
-    return os.path.join(CACHE_DIR, f"accel-{key}.json")
+    return os.path.join(cache_dir(), f"accel-{key}.json")
 
 
 async def probe_kvm(qemu: str, kernel: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
@@ -157,12 +163,12 @@ async def probe_kvm(qemu: str, kernel: str, timeout: float = PROBE_TIMEOUT) -> t
 
 async def choose_accel(qemu: str, kernel: str) -> tuple[str, str]:
     """Return (accel, why). HCSSHIM_ACCEL=tcg|kvm forces a choice (kvm is still not probed then)."""
-    forced = os.environ.get("HCSSHIM_ACCEL", "")
+    forced = settings.current().accel
     if forced in ("tcg", "kvm"):
         return forced, "forced by HCSSHIM_ACCEL"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg", "/dev/kvm is not available"
-    os.makedirs(CACHE_DIR, exist_ok=True)
+    os.makedirs(cache_dir(), exist_ok=True)
     path = _cache_path(kernel)
     # One probe per host boot even when several VMs start at once.
     with open(path + ".lock", "w") as lock:

@@ -12,9 +12,9 @@ from typing import Any
 from hcsshim.hcs.errors import ErrInvalidData, ErrNotSupported
 from hcsshim.hvsock.abi import (
     PLAN9_FLAG_READ_ONLY,
-    SCSI_CONTROLLER_GUIDS,
     SCSI_CONTROLLERS,
     SCSI_LUNS_PER_CONTROLLER,
+    scsi_controller_index,
 )
 
 STAGE1_INITRD = "vhd-initrd.img"
@@ -155,14 +155,6 @@ def fixed_vhd_data_size(path: str) -> int | None:
     return end - _VHD_FOOTER
 
 
-def controller_index(guid: str, position: int) -> int:
-    """A known GUID keeps upstream's number; an unknown one takes its position in the document."""
-    try:
-        return SCSI_CONTROLLER_GUIDS.index(guid.lower())
-    except ValueError:
-        return position
-
-
 def parse_plan9_share(r: _Reader, share: Any, where: str) -> Plan9ShareConfig:
     if not isinstance(share, dict):
         raise r.fail(where, "must be an object")
@@ -246,7 +238,7 @@ def parse_document(doc: dict[str, Any], system_id: str, op: str = "CreateCompute
         cw = f"VirtualMachine.Devices.Scsi.{guid}"
         if not isinstance(ctrl, dict):
             raise r.fail(cw, "must be an object")
-        index = controller_index(guid, pos)
+        index = scsi_controller_index(guid, pos)
         if index in used:
             index = next(i for i in range(SCSI_CONTROLLERS) if i not in used)
         used.add(index)

@@ -16,6 +16,8 @@ from typing import Any
 
 from qemu.qmp import EventListener, QMPClient, QMPError
 
+from hcsshim import hvsock as mux
+from hcsshim import settings
 from hcsshim.hcs.errors import (
     ErrAlreadyExists,
     ErrComputeSystemDoesNotExist,
@@ -27,7 +29,7 @@ from hcsshim.hcs.errors import (
     HcsError,
 )
 from hcsshim.hcs.qemu import devices, stall, template, vsock
-from hcsshim.hcs.qemu.accel import CACHE_DIR, Accel, choose
+from hcsshim.hcs.qemu.accel import Accel, choose
 from hcsshim.hcs.qemu.cmdline import Paths, build_argv
 from hcsshim.hcs.qemu.config import VmConfig, parse_document
 from hcsshim.hcs.qemu.mounts import remove_tree_safely
@@ -42,8 +44,6 @@ from hcsshim.hcs.system import (
 
 log = logging.getLogger(__name__)
 
-QEMU_BINARY = os.environ.get("HCSSHIM_QEMU", "qemu-system-x86_64")
-STATE_ROOT = os.path.join(CACHE_DIR, "qemu")
 QMP_CONNECT_TIMEOUT = 15.0
 QUIT_TIMEOUT = 5.0
 _PR_SET_PDEATHSIG = 1
@@ -52,12 +52,22 @@ _PR_SET_PDEATHSIG = 1
 _systems: dict[str, QemuComputeSystem] = {}
 
 
+def qemu_binary() -> str:
+    """The QEMU this process runs (HCSSHIM_QEMU)."""
+    return settings.current().qemu
+
+
+def state_root() -> str:
+    """Where every VM of this backend has its directory (HCSSHIM_RUN_DIR/qemu)."""
+    return settings.current().qemu_state_dir
+
+
 def state_dir_for(system_id: str, root: str | None = None) -> str:
     """A short, safe directory name: unix socket paths must stay under 108 bytes."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", system_id)
     if len(safe) > 32 or safe != system_id:
         safe = safe[:20] + "-" + hashlib.sha256(system_id.encode()).hexdigest()[:11]
-    return os.path.join(root or STATE_ROOT, safe)
+    return os.path.join(root or state_root(), safe)
 
 
 PID_FILE = "qemu.pid"
@@ -174,12 +184,12 @@ class QemuComputeSystem(ComputeSystem):
 
     async def _launch(self) -> None:
         os.makedirs(self.paths.plan9_root, mode=0o700)
-        self.accel = await choose(QEMU_BINARY, self.cfg.kernel)
+        self.accel = await choose(qemu_binary(), self.cfg.kernel)
         if self.cfg.template_dir or self.cfg.restore_dir:
             ok, why = template.supported(self.accel.qemu_version)
             if not ok:
                 raise ErrNotSupported("CreateComputeSystem", self.id, why)
-        argv = build_argv(QEMU_BINARY, self.id, self.cfg, self.paths, self.accel.spec)
+        argv = build_argv(qemu_binary(), self.id, self.cfg, self.paths, self.accel.spec)
         # vsock (hcs/qemu/vsock.py): reserve a CID, listen, add the device and the kernel parameter.
         self.hvsocket_decision, self.vsock_host = vsock.setup(self.id)
         if self.vsock_host is not None:
@@ -312,7 +322,7 @@ class QemuComputeSystem(ComputeSystem):
         rc = await self.proc.wait()
         console = _tail(self.paths.console)
         qemu_log = _tail(self._qemu_log, 1000)
-        if os.environ.get("HCSSHIM_DEBUG_QEMU"):
+        if settings.current().debug_qemu:
             log.warning("qemu log", extra={"id": self.id, "log": qemu_log})
         self._exit = self._classify_exit(rc, console, qemu_log)
         log.log(
@@ -501,6 +511,13 @@ class QemuComputeSystem(ComputeSystem):
     def exit_info(self) -> ExitInfo | None:
         return self._exit
 
+    async def open_guest_transport(self) -> mux.Transport:
+        if self.vsock_host is not None:
+            # vsock (hcs/qemu/vsock.py): the backend listens; the guest connects after boot.
+            return self.vsock_host.transport()
+        # virtio-serial: QEMU's chardev is a listening unix socket from creation on.
+        return await mux.connect_unix(self.paths.mux)
+
     @property
     def hvsocket_address(self) -> str | None:
         if self.vsock_host is not None:  # vsock: `vsock:<guest cid>:<host port>`
@@ -517,11 +534,11 @@ async def template_key(document: Document) -> str:
     ErrNotSupported where this QEMU cannot restore clones."""
     doc = document_to_dict(document, "", "TemplateKey")
     cfg = await asyncio.to_thread(parse_document, doc, "", "TemplateKey")
-    accel = await choose(QEMU_BINARY, cfg.kernel)
+    accel = await choose(qemu_binary(), cfg.kernel)
     ok, why = template.supported(accel.qemu_version)
     if not ok:
         raise ErrNotSupported("TemplateKey", "", why)
-    return await asyncio.to_thread(template.fingerprint, cfg, QEMU_BINARY, accel.spec, accel.qemu_version)
+    return await asyncio.to_thread(template.fingerprint, cfg, qemu_binary(), accel.spec, accel.qemu_version)
 
 
 def open_system(system_id: str) -> QemuComputeSystem:

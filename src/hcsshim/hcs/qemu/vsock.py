@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from hcsshim import hvsock as mux
+from hcsshim import settings
 from hcsshim.hcs.errors import ErrNotSupported
 from hcsshim.hvsock.abi import VMADDR_CID_HOST
 
 log = logging.getLogger(__name__)
 
 VHOST_VSOCK_DEVICE = "/dev/vhost-vsock"
-ENV = "HCSSHIM_HVSOCKET"
+ENV = settings.HVSOCKET_ENV
 TRANSPORT_VSOCK = "vsock"
 TRANSPORT_VIRTIO_SERIAL = "virtio-serial"
 # _IOW(VHOST_VIRTIO=0xAF, 0x60, __u64)
@@ -70,13 +71,18 @@ def probe(device: str = VHOST_VSOCK_DEVICE) -> tuple[bool, str]:
     return True, f"{device} is usable"
 
 
+def _wanted(env: Mapping[str, str] | None) -> str:
+    return (settings.current() if env is None else settings.Settings.from_environ(env)).hvsocket
+
+
 def choose(
     system_id: str = "",
     env: Mapping[str, str] | None = None,
     probe_fn: Callable[[], tuple[bool, str]] = probe,
 ) -> Decision:
-    """vsock when usable unless `HCSSHIM_HVSOCKET=virtio-serial`; `=vsock` makes it mandatory."""
-    want = (os.environ if env is None else env).get(ENV, "").strip().lower()
+    """vsock when usable unless `HCSSHIM_HVSOCKET=virtio-serial`; `=vsock` makes it mandatory.
+    `env` stands in for the process's environment (tests)."""
+    want = _wanted(env)
     if want in _SERIAL_NAMES:
         return Decision(TRANSPORT_VIRTIO_SERIAL, f"{ENV}={want}")
     ok, why = probe_fn()
@@ -101,7 +107,7 @@ def setup(
     try:
         host = (open_fn or VsockHost.open)()
     except OSError as e:
-        forced = (os.environ if env is None else env).get(ENV, "").strip().lower() == TRANSPORT_VSOCK
+        forced = _wanted(env) == TRANSPORT_VSOCK
         if forced:
             raise ErrNotSupported("CreateComputeSystem", system_id, f"vsock setup failed: {e}") from e
         return Decision(TRANSPORT_VIRTIO_SERIAL, f"vsock setup failed ({e}); using virtio-serial"), None
@@ -211,6 +217,10 @@ class VsockHost:
     def address(self) -> str:
         return f"vsock:{self.cid}:{self.port}"
 
+    def transport(self) -> DeferredTransport:
+        """The mux transport over the connection the guest will make (ComputeSystem.open_guest_transport)."""
+        return DeferredTransport(asyncio.ensure_future(self.accept()))
+
     async def accept(self) -> mux.StreamTransport:
         """The guest's connection; connections from any other CID are refused."""
         if self._closed:
@@ -291,11 +301,3 @@ class DeferredTransport:
             self._accept.cancel()
         elif not self._accept.cancelled() and self._accept.exception() is None:
             self._accept.result().close()
-
-
-def transport_for(system: object) -> DeferredTransport:
-    """The mux transport of a system whose HvSocket is vsock (see QemuComputeSystem.vsock_host)."""
-    host = getattr(system, "vsock_host", None)
-    if not isinstance(host, VsockHost):
-        raise ErrNotSupported("HvSocket", str(getattr(system, "id", "")), "the system has no vsock host end")
-    return DeferredTransport(asyncio.ensure_future(host.accept()))
