@@ -94,6 +94,10 @@ def test_two_layer_image_runs_from_vhd_layers_and_gc_removes_them(lcow: Lcow) ->
     assert "Device major/minor number: 00:00" in _debugfs(upper, "stat /bin/wc")
     # State survives a restart of the daemon (containerd's proxy reconnects by itself).
     restart(lcow.snapshotter)
+    # containerd redials a proxy plugin with gRPC's backoff: calls fail Unavailable until it has.
+    assert wait_until(
+        lambda: c.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls", check=False).returncode == 0, 30
+    )
     listing = c.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "ls").stdout
     assert listing.count("Committed") == 2, listing
 
