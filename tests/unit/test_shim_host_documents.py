@@ -81,3 +81,24 @@ def test_a_vhd_rootfs_in_the_boot_files_is_attached_to_scsi_on_qemu(tmp_path: Pa
     assert devices.virtual_pmem is None
     disk = devices.scsi[SCSI_CONTROLLER_GUIDS[0]].attachments["0"]
     assert disk.path == f"{root}/rootfs.vhd" and disk.read_only
+
+
+def test_a_spec_vpmem_count_still_wins_on_qemu(tmp_path: Path) -> None:
+    root = _boot(tmp_path, "kernel", "initrd.img", "rootfs.vhd")
+    settings.reset(settings.Settings(hcs_backend="qemu"))
+    spec = {"annotations": {"io.microsoft.virtualmachine.devices.virtualpmem.maximumcount": "4"}}
+    document = host.build_uvm_document("pod4", spec, runhcs_pb2.Options(boot_files_root_path=root))
+    devices = document.virtual_machine.devices if document.virtual_machine else None
+    assert devices is not None and devices.virtual_pmem is not None
+    assert devices.virtual_pmem.maximum_count == 4
+    assert devices.virtual_pmem.devices["0"].host_path == f"{root}/rootfs.vhd"
+
+
+def test_the_shim_asks_the_backend_what_it_can_do(tmp_path: Path) -> None:
+    # On a backend with VPMem (Hyper-V's defaults) the same inputs keep upstream's VPMem rootfs.
+    root = _boot(tmp_path, "kernel", "initrd.img", "rootfs.vhd")
+    settings.reset(settings.Settings(hcs_backend="windows"))
+    document = host.build_uvm_document("pod5", {}, runhcs_pb2.Options(boot_files_root_path=root))
+    devices = document.virtual_machine.devices if document.virtual_machine else None
+    assert devices is not None and devices.virtual_pmem is not None
+    assert devices.virtual_pmem.devices["0"].host_path == f"{root}/rootfs.vhd"

@@ -13,11 +13,12 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from hcsshim import settings
+from hcsshim import hcs, settings
 from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.builder import BootFiles, RuntimeOptions, build_lcow_container_document, build_lcow_uvm_v1
 from hcsshim.schema import ComputeSystem
 from hcsshim.shim.io import GuestStdio
+from hcsshim.uvm.document import boot_files_path
 
 
 class Bridge(Protocol):
@@ -88,19 +89,9 @@ def runtime_options(options: runhcs_pb2.Options | None) -> RuntimeOptions:
     return RuntimeOptions(**fields)
 
 
-# The qemu compute service has no VPMem (it rejects a VHD rootfs there); runhcs-v1 then attaches the
-# rootfs VHD to SCSI, as upstream does when the VPMem count is 0. An explicit annotation still wins.
-QEMU_DEFAULT_ANNOTATIONS = {"io.microsoft.virtualmachine.devices.virtualpmem.maximumcount": "0"}
-
-
 def build_uvm_document(owner: str, spec: dict[str, Any], options: runhcs_pb2.Options | None) -> ComputeSystem:
-    """The V1 pipeline's LCOW UVM document (runhcs-v1 behaviour)."""
-    from hcsshim.hcs import default_backend
-    from hcsshim.uvm.document import boot_files_path
-
+    """The V1 pipeline's LCOW UVM document (runhcs-v1 behaviour) for what the compute backend can do."""
     ann = {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
-    if default_backend() == "qemu":
-        ann = {**QEMU_DEFAULT_ANNOTATIONS, **ann}
     root = (options.boot_files_root_path if options is not None else "") or boot_files_path()
     files = frozenset(os.listdir(root)) if os.path.isdir(root) else frozenset()
     # A sandbox bundle may carry an empty spec; the V1 pipeline wants a Linux one.
@@ -112,6 +103,7 @@ def build_uvm_document(owner: str, spec: dict[str, Any], options: runhcs_pb2.Opt
         options=runtime_options(options),
         boot_files=BootFiles(root=root, files=files),
         uvm_id=f"{owner}@vm",
+        capabilities=hcs.capabilities(),
     )
     return document
 
