@@ -15,7 +15,7 @@ from hcsshim import hcs
 from hcsshim.hcs.qemu import system as qemu_system
 from hcsshim.hcs.qemu.mounts import mounts_under
 from hcsshim.hvsock.abi import SCSI_CONTROLLER_GUIDS
-from hcsshim.uvm.document import minimal_lcow_document
+from tests.support.documents import minimal_lcow_document
 from tests.support.uvm import (
     FLOOR_READY,
     build_busybox_initrd,

@@ -11,7 +11,7 @@ from hcsshim.hcs import ErrInvalidData, ErrNotSupported
 from hcsshim.hcs.qemu.cmdline import Paths, build_argv, kernel_cmdline, translate_kernel_cmdline
 from hcsshim.hcs.qemu.config import parse_document
 from hcsshim.hvsock.abi import SCSI_CONTROLLER_GUIDS
-from hcsshim.uvm.document import minimal_lcow_document
+from tests.support.documents import minimal_lcow_document
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 from hcsshim import hcs
 from hcsshim.hcs.qemu import system as qemu_system
 from hcsshim.hvsock.abi import SCSI_CONTROLLER_GUIDS
-from hcsshim.uvm.document import minimal_lcow_document
 from tests.support import fake_qemu
+from tests.support.documents import minimal_lcow_document
 
 SCSI = f"VirtualMachine/Devices/Scsi/{SCSI_CONTROLLER_GUIDS[0]}/Attachments"
 

@@ -18,8 +18,8 @@ from hcsshim.hcs.qemu import system as qemu_system
 from hcsshim.hcs.qemu import vsock
 from hcsshim.hcs.qemu.cmdline import Paths, build_argv
 from hcsshim.hcs.qemu.config import VmConfig
-from hcsshim.uvm.document import minimal_lcow_document
 from tests.support import fake_qemu
+from tests.support.documents import minimal_lcow_document
 
 
 def _ok() -> tuple[bool, str]:

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from hcsshim.hcs.qemu import system as qemu_system
-from hcsshim.uvm.document import minimal_lcow_document
 from hcsshim.uvm.errors import UvmError
 from hcsshim.uvm.utility_vm import UtilityVM
 from tests.support import fake_qemu
+from tests.support.documents import minimal_lcow_document
 
 
 @pytest.fixture

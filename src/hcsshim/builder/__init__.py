@@ -7,7 +7,8 @@
 * :func:`build_wcow_process_container_document` / :func:`build_wcow_hyperv_container_document`.
 
 Nothing here touches the filesystem: callers pass :class:`BootFiles` (a directory and the names in
-it) and :class:`HostInfo` (processor count, build, arch; Linux defaults).
+it), :class:`HostInfo` (processor count, build, arch; Linux defaults) and :class:`Capabilities` (what
+the compute backend can realize; Hyper-V's everything by default).
 """
 
 from hcsshim.builder.container_lcow import build_lcow_container_document, sanitize_spec
@@ -18,6 +19,7 @@ from hcsshim.builder.options import (
     DEFAULT_LINUX_BOOT_FILES,
     BootFiles,
     BuilderError,
+    Capabilities,
     ConfidentialConfig,
     HostInfo,
     RuntimeOptions,
@@ -29,6 +31,7 @@ __all__ = [
     "DEFAULT_LINUX_BOOT_FILES",
     "BootFiles",
     "BuilderError",
+    "Capabilities",
     "ConfidentialConfig",
     "HostInfo",
     "RuntimeOptions",

@@ -39,6 +39,7 @@ from hcsshim.builder.options import (
     VHD_FILE,
     BootFiles,
     BuilderError,
+    Capabilities,
     ConfidentialConfig,
     HostInfo,
     RuntimeOptions,
@@ -153,19 +154,27 @@ def update_spec_from_options(spec: Spec, options: RuntimeOptions) -> None:
 
 
 def spec_to_uvm_options(
-    spec: Spec, uvm_id: str, owner: str, options: RuntimeOptions, boot: BootFiles, host: HostInfo
+    spec: Spec,
+    uvm_id: str,
+    owner: str,
+    options: RuntimeOptions,
+    boot: BootFiles,
+    host: HostInfo,
+    capabilities: Capabilities | None = None,
 ) -> UvmOptionsLCOW:
     """oci.SpecToUVMCreateOpts for LCOW (annotations over spec.Windows.Resources over defaults)."""
     if not spec.is_lcow():
         raise BuilderError("the spec has no linux section: not an LCOW container")
     a = spec.annotations
     arm64 = host.arch == "arm64"
+    vpmem = not arm64 and (capabilities or Capabilities()).vpmem
     o = UvmOptionsLCOW(
         id=uvm_id,
         owner=owner,
         processor_count=host.default_processor_count(),
         kernel_direct=host.build >= BUILD_KERNEL_DIRECT and not arm64,
-        vpmem_device_count=0 if arm64 else DEFAULT_VPMEM_COUNT,
+        # Upstream's default count where the backend has VPMem; an annotation below still wins.
+        vpmem_device_count=DEFAULT_VPMEM_COUNT if vpmem else 0,
         vpmem_no_multi_mapping=host.build < BUILD_19H1,
         log_level=options.logrus_level(),
         scrub_logs=options.scrub_logs,
@@ -443,12 +452,14 @@ def build_lcow_uvm_v1(
     uvm_id: str = "",
     bundle_path: str = "",
     host: HostInfo | None = None,
+    capabilities: Capabilities | None = None,
 ) -> tuple[ComputeSystem, SandboxOptions]:
     """Build the LCOW UVM document as containerd-shim-runhcs-v1 does for a pod sandbox.
 
     ``spec`` is the sandbox container's OCI spec (its ``annotations`` are replaced by ``annotations``
     when given); ``boot_files`` lists the directory the VM boots from; ``uvm_id`` defaults to
-    ``<owner>@vm``. The SandboxOptions are derived the way the V2 pipeline reports them, for parity.
+    ``<owner>@vm``; ``capabilities`` are the compute backend's (default: everything, as upstream).
+    The SandboxOptions are derived the way the V2 pipeline reports them, for parity.
     """
     host = host or HostInfo()
     options = options or RuntimeOptions()
@@ -458,7 +469,7 @@ def build_lcow_uvm_v1(
     update_spec_from_options(s, options)
     s.annotations = an.expand_annotations(s.annotations)
     o = (
-        spec_to_uvm_options(s, uvm_id or f"{owner}@vm", owner, options, boot, host)
+        spec_to_uvm_options(s, uvm_id or f"{owner}@vm", owner, options, boot, host, capabilities)
         if (boot := boot_files)
         else None
     )

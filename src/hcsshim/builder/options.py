@@ -39,6 +39,18 @@ class BuilderError(ValueError):
     """Inputs no document can be built from."""
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the compute backend can realize of the documents built here. The defaults are Hyper-V's
+    (everything, as upstream assumes); ``hcsshim.hcs.capabilities()`` names the chosen backend's."""
+
+    # VPMem devices (V1: the rootfs on /dev/pmem0, layers on further devices). Without them V1 starts
+    # from a VPMem count of 0, as upstream does when the annotation says 0: the rootfs VHD goes to SCSI
+    # controller 0 LUN 0 and the VM gets four SCSI controllers. An explicit count annotation still
+    # wins. V2 never uses VPMem (it refuses a count above 0 whatever the backend).
+    vpmem: bool = True
+
+
 @dataclass(slots=True)
 class RuntimeOptions:
     """containerd.runhcs.v1.Options as plain data (the shim converts the protobuf)."""

@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--annotation", action="append", default=[], metavar="K=V", help="UVM annotation (repeatable)"
     )
-    p.add_argument("--boot-files", help="directory with kernel and initrd.img (default: the image cache)")
+    p.add_argument("--boot-files", help="boot files directory (default: the image cache)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the guest agent")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=main)
@@ -121,18 +121,14 @@ async def _pump_stdin(ch: Any) -> None:
 
 async def run(ns: argparse.Namespace) -> int:
     from hcsshim.hvsock.abi import LCOW_ROOT, RequestType, ResourceType
-    from hcsshim.uvm.document import default_lcow_document, minimal_lcow_document
+    from hcsshim.uvm.document import default_lcow_document
     from hcsshim.uvm.utility_vm import UtilityVM
 
     interactive = ns.cmd is None
     terminal = interactive and sys.stdin.isatty()
     args = ["sh", "-c", ns.cmd] if ns.cmd else ["sh"]
     annotations = _annotations(ns.annotation)
-    doc = (
-        minimal_lcow_document("hcsshim-uvm-run", ns.boot_files)
-        if ns.boot_files
-        else default_lcow_document("hcsshim-uvm-run", annotations)
-    )
+    doc = default_lcow_document("hcsshim-uvm-run", annotations, boot_files=ns.boot_files)
     cid = "run"
     bundle = f"{LCOW_ROOT}/{cid}"
     with tempfile.TemporaryDirectory(prefix="hcsshim-uvm-run-") as work:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from hcsshim import settings
 from hcsshim.hcs.errors import (
@@ -34,6 +35,9 @@ from hcsshim.hcs.system import (
     SystemState,
     document_to_dict,
 )
+
+if TYPE_CHECKING:
+    from hcsshim.builder.options import Capabilities
 
 Creator = Callable[[str, Document], Awaitable[ComputeSystem]]
 Opener = Callable[[str], ComputeSystem]
@@ -65,6 +69,22 @@ def _backend(name: str | None) -> tuple[Creator, Opener]:
         known = sorted(BACKENDS)
         raise ErrNotSupported("CreateComputeSystem", "", f"unknown hcs backend {chosen!r} (have {known})")
     return factory()
+
+
+def capabilities(backend: str | None = None) -> Capabilities:
+    """What the backend can realize of the builder's documents, for the builder and the shim to
+    consult (instead of annotations that switch features off)."""
+    # Imported here: `import hcsshim.hcs` stays free of the builder and the schema.
+    from hcsshim.builder.options import Capabilities
+
+    chosen = backend or default_backend()
+    if chosen == "qemu":
+        # The VM boots only from an initrd or a SCSI root disk (hcs/qemu/config.py), and UtilityVM
+        # hot-adds layers on SCSI.
+        return Capabilities(vpmem=False)
+    if chosen == "windows":
+        return Capabilities()
+    raise ErrNotSupported("Capabilities", "", f"unknown hcs backend {chosen!r} (have {sorted(BACKENDS)})")
 
 
 async def create_compute_system(
@@ -125,6 +145,7 @@ __all__ = [
     "HcsError",
     "StallDiagnosis",
     "SystemState",
+    "capabilities",
     "cleanup_orphan",
     "create_compute_system",
     "default_backend",

@@ -7,17 +7,18 @@ factory builds the UVM document with the builder's V1 pipeline (runhcs-v1 behavi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from hcsshim import settings
+from hcsshim import hcs, settings
 from hcsshim.api.runhcs.options import runhcs_pb2
+from hcsshim.builder import BootFiles, RuntimeOptions, build_lcow_container_document, build_lcow_uvm_v1
+from hcsshim.schema import ComputeSystem
 from hcsshim.shim.io import GuestStdio
-
-log = logging.getLogger("hcsshim.shim.host")
+from hcsshim.uvm.document import boot_files_path
 
 
 class Bridge(Protocol):
@@ -75,54 +76,36 @@ HostFactory = Callable[[str, dict[str, Any], runhcs_pb2.Options | None], Awaitab
 _RENAMED = {"GPUVHDPath": "gpu_vhd_path", "NCProxyAddr": "ncproxy_addr"}
 
 
-def runtime_options(options: runhcs_pb2.Options | None) -> Any:
+def runtime_options(options: runhcs_pb2.Options | None) -> RuntimeOptions:
     """The builder's RuntimeOptions from the proto (the builder stays protobuf-free)."""
-    builder = importlib.import_module("hcsshim.builder")
-    cls = builder.RuntimeOptions
     if options is None:
-        return cls()
+        return RuntimeOptions()
     fields: dict[str, Any] = {}
-    names = set(getattr(cls, "__dataclass_fields__", {}))
+    names = {f.name for f in dataclasses.fields(RuntimeOptions)}
     for desc, value in options.ListFields():
         name = _RENAMED.get(desc.name, desc.name)
         if name in names:
             fields[name] = dict(value) if name == "default_container_annotations" else value
-    return cls(**fields)
+    return RuntimeOptions(**fields)
 
 
-# The qemu compute service has no VPMem (it rejects a VHD rootfs there); runhcs-v1 then attaches the
-# rootfs VHD to SCSI, as upstream does when the VPMem count is 0. An explicit annotation still wins.
-QEMU_DEFAULT_ANNOTATIONS = {"io.microsoft.virtualmachine.devices.virtualpmem.maximumcount": "0"}
-
-
-def build_uvm_document(owner: str, spec: dict[str, Any], options: runhcs_pb2.Options | None) -> Any:
-    """The V1 pipeline's LCOW UVM document, or the uvm package's default while the builder is absent."""
-    from hcsshim.hcs import default_backend
-    from hcsshim.uvm.document import boot_files_path, default_lcow_document
-
+def build_uvm_document(owner: str, spec: dict[str, Any], options: runhcs_pb2.Options | None) -> ComputeSystem:
+    """The V1 pipeline's LCOW UVM document (runhcs-v1 behaviour) for what the compute backend can do."""
     ann = {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
-    if default_backend() == "qemu":
-        ann = {**QEMU_DEFAULT_ANNOTATIONS, **ann}
-    try:
-        builder = importlib.import_module("hcsshim.builder")
-        build = builder.build_lcow_uvm_v1
-    except (ImportError, AttributeError):
-        log.info("builder V1 pipeline not available; using the default LCOW document", extra={"owner": owner})
-        return default_lcow_document(owner, ann)
     root = (options.boot_files_root_path if options is not None else "") or boot_files_path()
     files = frozenset(os.listdir(root)) if os.path.isdir(root) else frozenset()
-    boot_files = builder.BootFiles(root=root, files=files)
     # A sandbox bundle may carry an empty spec; the V1 pipeline wants a Linux one.
     lcow_spec = {**spec, "linux": spec.get("linux") or {}}
-    result = build(
+    document, _ = build_lcow_uvm_v1(
         owner=owner,
         spec=lcow_spec,
         annotations=ann,
         options=runtime_options(options),
-        boot_files=boot_files,
+        boot_files=BootFiles(root=root, files=files),
         uvm_id=f"{owner}@vm",
+        capabilities=hcs.capabilities(),
     )
-    return result[0] if isinstance(result, tuple) else result
+    return document
 
 
 def templates_enabled(spec: dict[str, Any], options: runhcs_pb2.Options | None) -> bool:
@@ -180,16 +163,6 @@ def container_document(
     goes to ``bundle_path`` in the guest, or the V1 layout's ``/run/gcs/c/<id>``."""
     final = dict(spec)
     final["root"] = {**(spec.get("root") or {}), "path": root_path}
-    try:
-        builder = importlib.import_module("hcsshim.builder")
-        build = builder.build_lcow_container_document
-    except (ImportError, AttributeError):
-        build = None
-    if build is not None:
-        doc = build(task_id, final, root_path=root_path, bundle_path=bundle_path)
-        result: dict[str, Any] = doc.to_dict() if hasattr(doc, "to_dict") else dict(doc)
-        return result
-    doc_dict: dict[str, Any] = {"SchemaVersion": {"Major": 2, "Minor": 1}, "OciSpecification": final}
-    if bundle_path:
-        doc_dict["OciBundlePath"] = bundle_path
-    return doc_dict
+    return build_lcow_container_document(
+        task_id, final, root_path=root_path, bundle_path=bundle_path
+    ).to_dict()

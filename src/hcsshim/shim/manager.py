@@ -21,13 +21,14 @@ import sys
 import time
 from collections.abc import Sequence
 
+from google.protobuf import timestamp_pb2
+
 from hcsshim import settings
 from hcsshim.api.containerd.task.v2 import shim_pb2 as task_v2
 from hcsshim.shim.flags import Flags
 from hcsshim.shim.kind import RUNHCS_V1, ShimKind
 from hcsshim.shim.options import StartInput, decode_start_input, start_answer
 from hcsshim.shim.rootfs import unmount
-from hcsshim.shim.service_task import SERVICE_V2, timestamp
 from hcsshim.shim.spec import Role, read_spec, role_and_sandbox
 from hcsshim.ttrpc import Client
 
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
 EXITED_STATUS = 255
+# From the generated module, not the task service's: ``start`` must not import the whole service.
+SERVICE_V2 = task_v2.DESCRIPTOR.services_by_name["Task"].full_name
 SHIM_PID_FILE = "shim.pid"
 ADDRESS_FILE = "address"
 
@@ -277,11 +280,13 @@ def _remove_dead_socket(bundle: str) -> None:
 
 def delete(flags: Flags, bundle: str, kind: ShimKind = RUNHCS_V1) -> bytes:
     _stop_server(bundle, flags.id)
-    kind.cleanup_host(flags.id)
+    kind.cleanup(flags.id)
     _remove_dead_socket(bundle)
     with contextlib.suppress(OSError):
         unmount(os.path.join(bundle, "rootfs"))
-    response = task_v2.DeleteResponse(exit_status=EXITED_STATUS, exited_at=timestamp(time.time()))
+    exited_at = timestamp_pb2.Timestamp()
+    exited_at.GetCurrentTime()
+    response = task_v2.DeleteResponse(exit_status=EXITED_STATUS, exited_at=exited_at)
     return response.SerializeToString()
 
 

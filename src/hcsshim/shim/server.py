@@ -69,7 +69,7 @@ async def _serve(flags: Flags, stdin_data: bytes, kind: ShimKind) -> int:
     stop = asyncio.Event()
     service = TaskService(
         publisher,
-        kind.factory(),
+        kind.host_factory,
         namespace=flags.namespace,
         default_options=start_input.options,
         on_shutdown=stop.set,
