@@ -320,3 +320,57 @@ def test_oom_kill_inside_a_running_container_publishes_task_oom(containerd: Cont
 
 def _running(c: Containerd, cid: str) -> bool:
     return bool(re.search(rf"^{cid}\s+\d+\s+RUNNING", c.ctr("task", "ls", check=False).stdout, re.M))
+
+
+TEMPLATES = "io.hcsshim.virtualmachine.templates"
+
+
+def _qemu_argv(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [a.decode(errors="replace") for a in f.read().split(b"\0")]
+
+
+@pytest.mark.parametrize("templates", ["true", "false"])
+def test_a_pod_uvm_comes_from_its_template_unless_the_annotation_asks_for_a_cold_boot(
+    containerd: Containerd, image: str, templates: str
+) -> None:
+    cid = f"shim-tpl-{templates}"
+    annotation = ["--annotation", f"{TEMPLATES}={templates}"]
+    containerd.ctr(
+        "run", "-d", *annotation, "--runtime", RUNTIME, image, cid, "sleep", "600", timeout=UVM_TIMEOUT
+    )
+    try:
+        [pid] = qemu_pids(cid)
+        argv = _qemu_argv(pid)
+        restored = "-incoming" in argv and any("readonly=on,rom=off" in a for a in argv)
+        assert restored == (templates == "true"), argv
+        # The task works the same either way: exec with and without a TTY, exit codes.
+        code, out = run_in_pty(
+            containerd.ctr_argv(
+                "task", "exec", "-t", "--exec-id", "t1", cid, "sh", "-c", "test -t 0 && echo TTY"
+            ),
+            containerd.env,
+        )
+        assert code == 0 and "TTY" in out, out
+        proc = containerd.ctr(
+            "task", "exec", "--exec-id", "p1", cid, "sh", "-c", "echo plain; exit 5", check=False
+        )
+        assert (proc.returncode, proc.stdout.strip()) == (5, "plain")
+    finally:
+        containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
+        wait_until(lambda: "STOPPED" in containerd.ctr("task", "ls", check=False).stdout, 60)
+        containerd.ctr("task", "delete", cid, check=False, timeout=60)
+        containerd.ctr("container", "delete", cid, check=False)
+    _assert_gone(containerd, cid)
+
+
+def test_an_invalid_templates_annotation_fails_the_task_naming_it(containerd: Containerd, image: str) -> None:
+    cid = "shim-tpl-bad"
+    proc = containerd.ctr(
+        "run", "--rm", "--annotation", f"{TEMPLATES}=maybe", "--runtime", RUNTIME, image, cid, "true",
+        check=False, timeout=UVM_TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert TEMPLATES in proc.stderr and "maybe" in proc.stderr, proc.stderr
+    assert not qemu_pids(cid)
+    containerd.ctr("container", "delete", cid, check=False)
