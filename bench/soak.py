@@ -119,9 +119,7 @@ CONTAINERD_OWN_SOCKETS = {"c.sock", "c.sock.ttrpc", "d.sock"}
 
 
 def leaks(c: Containerd) -> dict[str, list[str]]:
-    sockets = [
-        str(p) for p in c.base.rglob("*") if p.is_socket() and p.name not in CONTAINERD_OWN_SOCKETS
-    ]
+    sockets = [str(p) for p in c.base.rglob("*") if p.is_socket() and p.name not in CONTAINERD_OWN_SOCKETS]
     root = state_root()
     state = [str(p) for p in Path(root).iterdir()] if os.path.isdir(root) else []
     return {

@@ -130,3 +130,25 @@ def test_a_changed_kernel_is_a_new_template_and_the_stale_one_is_removed(
     assert second != first
     assert [e["key"] for e in store.list()] == [second]
     assert not (tmp_path / "templates" / first).exists()
+
+
+def test_template_build_ahead_of_time_then_pods_reuse_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = str(tmp_path / "templates")
+    cli = [sys.executable, "-m", "hcsshim.cli.main", "uvm", "template", "--root", root]
+    first = subprocess.run([*cli, "build"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    key, directory = first.stdout.split()
+    assert os.path.isfile(os.path.join(directory, COMPLETE_FILE))
+    again = subprocess.run([*cli, "build"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.split()[0] == key  # nothing rebuilt
+    listing = subprocess.run([*cli, "list"], capture_output=True, text=True, timeout=60).stdout
+    assert key in listing
+    memory = "io.microsoft.virtualmachine.computetopology.memory.sizeinmb"
+    bad = subprocess.run(
+        [*cli, "build", "--annotation", f"{memory}=lots"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 1 and memory in bad.stderr and "lots" in bad.stderr, bad.stderr
+    assert sorted(os.listdir(root)) == sorted([f".{key}.lock", key])  # nothing of the failed build

@@ -350,3 +350,26 @@ def test_agent_prepares_as_a_template_only_without_containers_with_a_fake_host()
             await host_side.aclose()
 
     asyncio.run(main())
+
+
+def test_template_cli_lists_and_prunes_a_fake_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hcsshim.cli.main import main as cli_main
+
+    root = tmp_path / "templates"
+    for name in ("aaaa", "bbbb"):
+        d = root / name
+        d.mkdir(parents=True)
+        (d / "memory").write_bytes(b"\0" * 8192)
+        (d / COMPLETE_FILE).write_text(json.dumps({"key": name, "files": []}))
+    assert cli_main(["uvm", "template", "--root", str(root), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "aaaa" in out and "bbbb" in out and "MiB on disk" in out
+    os.utime(root / "aaaa" / COMPLETE_FILE, (1, 1))
+    assert cli_main(["uvm", "template", "--root", str(root), "prune", "--keep", "1"]) == 0
+    assert capsys.readouterr().out.strip() == "removed aaaa"
+    assert cli_main(["uvm", "template", "--root", str(root), "prune", "--all"]) == 0
+    assert capsys.readouterr().out.strip() == "removed bbbb"
+    assert cli_main(["uvm", "template", "--root", str(root), "list"]) == 0
+    assert "no uvm templates" in capsys.readouterr().out

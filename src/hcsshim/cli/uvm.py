@@ -88,13 +88,87 @@ def _add_check(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_check)
 
 
+def _cmd_template(ns: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from hcsshim.uvm.template import TemplateStore
+
+    store = TemplateStore(ns.root)
+    if ns.template_command == "list":
+        entries = store.list()
+        if not entries:
+            print(f"no uvm templates in {store.root}")
+        for e in entries:
+            used = os.stat(os.path.join(e["dir"], "template.json")).st_mtime
+            size = sum(os.stat(os.path.join(e["dir"], f)).st_blocks * 512 for f in os.listdir(e["dir"]))
+            print(f"{e['key']}  {size / (1 << 20):7.1f} MiB on disk  last used {_ago(used)}  {e['dir']}")
+        return 0
+    if ns.template_command == "prune":
+        removed = store.remove_all() if ns.all else store.prune_stale(keep=ns.keep)
+        for key in removed:
+            print(f"removed {key}")
+        return 0
+    from hcsshim.annotations.parse import AnnotationError
+    from hcsshim.hcs import HcsError
+    from hcsshim.shim.host import build_uvm_document
+    from hcsshim.uvm.template import TemplateUnavailable
+
+    annotations = dict(a.split("=", 1) for a in ns.annotation)
+    try:
+        document = build_uvm_document("hcsshim-uvm-template", {"annotations": annotations}, None)
+        key, directory = asyncio.run(store.build_for(document))
+    except (AnnotationError, HcsError, TemplateUnavailable, OSError) as e:
+        print(f"hcsshim uvm template build: {e}", file=sys.stderr)
+        return 1
+    print(f"{key}  {directory}")
+    return 0
+
+
+def _ago(when: float) -> str:
+    import time
+
+    seconds = max(0, int(time.time() - when))
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m ago" if seconds >= 3600 else f"{seconds // 60}m ago"
+    )
+
+
+def _add_template(sub: Subparsers) -> None:
+    p = sub.add_parser("template", help="list, build ahead of time, or prune UVM templates")
+    p.add_argument("--root", default=None, help="template directory (default: beside the boot files)")
+    tsub = p.add_subparsers(dest="template_command", metavar="TEMPLATE_COMMAND", required=True)
+    tsub.add_parser("list", help="the saved templates, their size on disk and last use")
+    build = tsub.add_parser(
+        "build", help="build the template runhcs-v1 pods use (with these annotations), so no pod waits for it"
+    )
+    build.add_argument(
+        "--annotation",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_key_value,
+        help="a pod annotation",
+    )
+    prune = tsub.add_parser("prune", help="remove stale templates and the least recently used beyond --keep")
+    prune.add_argument("--keep", type=int, default=8, help="how many to keep (default 8)")
+    prune.add_argument("--all", action="store_true", help="remove every template")
+    p.set_defaults(func=_cmd_template)
+
+
+def _key_value(text: str) -> str:
+    if "=" not in text or text.startswith("="):
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return text
+
+
 def _add_run(sub: Subparsers) -> None:
     from hcsshim.cli import uvm_run
 
     uvm_run.register(sub)
 
 
-SUBCOMMANDS: list[Callable[[Subparsers], None]] = [_add_build, _add_check, _add_run]
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [_add_build, _add_check, _add_template, _add_run]
 
 
 def add_parser(subparsers: Subparsers) -> None:

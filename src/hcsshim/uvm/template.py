@@ -94,6 +94,18 @@ class TemplateStore:
         )
         return vm
 
+    async def build_for(self, document: Any) -> tuple[str, str]:
+        """(key, directory) of `document`'s template, built now unless it exists."""
+        doc = document_to_dict(document, "template")
+        key = await template_key(doc)
+        return key, await self.ensure(key, doc)
+
+    def remove_all(self) -> list[str]:
+        removed = [name for name, _ in self._templates()]
+        for name in removed:
+            _remove(self.path(name))
+        return removed
+
     async def ensure(self, key: str, doc: dict[str, Any]) -> str:
         final = self.path(key)
         if self.complete(key):
