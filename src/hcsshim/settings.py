@@ -22,6 +22,8 @@ HCS_BACKEND_ENV = "HCSSHIM_HCS_BACKEND"
 QEMU_ENV = "HCSSHIM_QEMU"
 ACCEL_ENV = "HCSSHIM_ACCEL"
 DEBUG_QEMU_ENV = "HCSSHIM_DEBUG_QEMU"
+SLOW_CALLBACK_ENV = "HCSSHIM_SLOW_CALLBACK_MS"
+GUEST_SLOW_CALLBACK_ENV = "HCSSHIM_GUEST_SLOW_CALLBACK_MS"
 HVSOCKET_ENV = "HCSSHIM_HVSOCKET"
 RUN_DIR_ENV = "HCSSHIM_RUN_DIR"
 BOOT_FILES_ENV = "HCSSHIM_BOOT_FILES"
@@ -67,6 +69,12 @@ class Settings:
     local_state: str = DEFAULT_LOCAL_STATE
     # HCSSHIM_SHIM_HOST_FACTORY: test hook, `module:function` of a HostFactory used instead of a UVM.
     shim_host_factory: str = ""
+    # HCSSHIM_SLOW_CALLBACK_MS: log each event-loop callback that holds the shim's loop longer than
+    # this (hcsshim.loopwatch); 0 = off.
+    slow_callback_ms: int = 0
+    # HCSSHIM_GUEST_SLOW_CALLBACK_MS: the same for the guest agent of every UVM this process starts
+    # (passed on the UVM's kernel command line); 0 = off.
+    guest_slow_callback_ms: int = 0
     # TTRPC_ADDRESS (set by containerd, not ours): its ttrpc socket, where the shim publishes events.
     ttrpc_address: str = ""
 
@@ -95,7 +103,22 @@ class Settings:
             local_state=text(LOCAL_STATE_ENV, DEFAULT_LOCAL_STATE),
             shim_host_factory=text(SHIM_HOST_FACTORY_ENV),
             ttrpc_address=text(TTRPC_ADDRESS_ENV),
+            slow_callback_ms=_milliseconds(environ, SLOW_CALLBACK_ENV),
+            guest_slow_callback_ms=_milliseconds(environ, GUEST_SLOW_CALLBACK_ENV),
         )
+
+
+def _milliseconds(environ: Mapping[str, str], name: str) -> int:
+    raw = environ.get(name) or ""
+    if not raw:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number of milliseconds") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r} must not be negative")
+    return value
 
 
 def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:

@@ -47,6 +47,8 @@ from pathlib import Path
 
 import pytest
 
+from hcsshim import loopwatch
+from tests.support.loop_watch import WATCH
 from tests.support.procs import argvs
 
 CONTAINERD = "/usr/bin/containerd"
@@ -184,6 +186,7 @@ class Containerd:
     cri_ok: bool = False
     env: dict[str, str] = field(default_factory=dict)
     version: str = DEFAULT_VERSION
+    log_scanned: int = 0
 
     @property
     def containerd_binary(self) -> str:
@@ -267,6 +270,21 @@ class Containerd:
             text=True,
             env=self.env,
         )
+
+    def slow_callback_reports(self) -> list[str]:
+        """Lines containerd's log gained since the last call that report a slow callback: the shims'
+        own (HCSSHIM_SLOW_CALLBACK_MS) and their guest agents' (relayed into the shim's log)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_scanned)
+                data = f.read()
+        except OSError:
+            return []
+        complete = data.rfind(b"\n") + 1
+        self.log_scanned += complete
+        marker = loopwatch.MESSAGE.encode()
+        lines = data[:complete].splitlines()
+        return [line.decode(errors="replace")[:1500] for line in lines if marker in line]
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -360,6 +378,7 @@ def start_containerd(
             )
         _wait_ready(c, timeout)
         c.cri_ok = _cri_status(c)
+        WATCH.sources[f"containerd {base.name}"] = c.slow_callback_reports
     except BaseException:
         stop_containerd(c)
         raise
@@ -404,6 +423,7 @@ def _unmount_below(base: Path) -> None:
 
 def stop_containerd(c: Containerd) -> None:
     """Tear everything down; safe to call on a half-started instance and more than once."""
+    watched = WATCH.sources.pop(f"containerd {c.base.name}", None) is not None
     if c.process is not None and c.process.poll() is None:
         with contextlib.suppress(Exception):
             _remove_tasks(c)
@@ -421,6 +441,10 @@ def stop_containerd(c: Containerd) -> None:
                 os.killpg(pid, signal.SIGKILL)
             else:
                 os.kill(pid, signal.SIGKILL)
+    if watched:
+        # Reports from the teardown itself go to whichever test looks next.
+        for line in c.slow_callback_reports():
+            WATCH.add(f"containerd {c.base.name} (stopping): {line}")
     _unmount_below(c.base)
     shutil.rmtree(c.base, ignore_errors=True)
 

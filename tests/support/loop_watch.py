@@ -1,103 +1,79 @@
-"""Every event loop the tests make runs in asyncio's debug mode, and a callback that holds its loop
-for more than SLOW_CALLBACK_SECONDS of its own fails the test that was running: that is a mount, a
-subprocess.run, an rmtree or a big read that belongs in a thread.
+"""Every event loop the tests run, and every one they start, is watched for callbacks that hold it
+for more than SLOW_CALLBACK_SECONDS of their own (hcsshim.loopwatch says what "own" leaves out); a
+report fails the test that was running: that is a mount, a subprocess.run, an rmtree or a big read
+that belongs in a thread.
 
-"Of its own" leaves out the time the thread was runnable but waiting for a CPU (the run-queue delay
-in /proc/thread-self/schedstat; on this machine's two cores a busy QEMU can delay any callback) and
-the time the garbage collector ran (a full collection of a long test session's heap takes as long,
-wherever it happens to start): neither is the callback's doing. What remains is the callback's CPU
-time plus the time it was blocked, which is what holds the loop. Processes the tests start (shims
-under containerd, the guest agent on the host) inherit PYTHONASYNCIODEBUG and run in debug mode
-too."""
+- This process: loopwatch is installed here, reporting to WATCH.
+- Shims under containerd and UVMs this process boots: HCSSHIM_SLOW_CALLBACK_MS and
+  HCSSHIM_GUEST_SLOW_CALLBACK_MS are set in the environment they inherit, so each shim watches its
+  own loop and every UVM's kernel command line
+  asks its guest agent to watch its loop too. Their reports are log lines with loopwatch.MESSAGE:
+  the guest's reach this process through the UVM's log relay (caught by the handler below) or a
+  shim's log, which containerd copies into its log file (tests/support/containerd.py scans it and
+  adds what it finds through WATCH.sources).
+
+asyncio's debug mode (PYTHONASYNCIODEBUG) is on too, for its other checks (never-awaited coroutines,
+non-threadsafe calls)."""
 
 from __future__ import annotations
 
-import asyncio.events
-import gc
+import logging
 import os
 import threading
-import time
-from typing import Any
+from collections.abc import Callable
+
+from hcsshim import loopwatch, settings
 
 SLOW_CALLBACK_SECONDS = 0.1
+# A guest under TCG runs its Python an order of magnitude slower than the host; the bound is for a
+# loop blocked on I/O or a long call, not for a slow CPU.
+GUEST_SLOW_CALLBACK_MS = 500
 
 # Read by asyncio whenever a loop is made, so it must be set before any test makes one.
 os.environ["PYTHONASYNCIODEBUG"] = "1"
-
-_local = threading.local()
-_gc_ns = 0
-_gc_started = 0
-
-
-def _count_gc(phase: str, info: dict[str, Any]) -> None:
-    global _gc_ns, _gc_started
-    if phase == "start":
-        _gc_started = time.perf_counter_ns()
-    elif _gc_started:
-        _gc_ns += time.perf_counter_ns() - _gc_started
-
-
-gc.callbacks.append(_count_gc)
-
-
-def _runqueue_wait_ns() -> int:
-    fd = getattr(_local, "schedstat", None)
-    if fd is None:
-        fd = _local.schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
-    return int(os.pread(fd, 128, 0).split()[1])
+os.environ[settings.SLOW_CALLBACK_ENV] = str(int(SLOW_CALLBACK_SECONDS * 1000))
+os.environ[settings.GUEST_SLOW_CALLBACK_ENV] = str(GUEST_SLOW_CALLBACK_MS)
 
 
 class SlowCallbacks:
-    """Collects callbacks that held their loop too long, from every thread."""
+    """Collects callbacks that held their loop too long, from every thread and from the logs of the
+    processes the tests started."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._seen: list[str] = []
+        self.sources: dict[str, Callable[[], list[str]]] = {}
 
     def add(self, message: str) -> None:
         with self._lock:
             self._seen.append(message)
 
     def take(self) -> list[str]:
+        for name, source in list(self.sources.items()):
+            for line in source():
+                self.add(f"{name}: {line}")
         with self._lock:
             seen, self._seen = self._seen, []
         return seen
 
 
 WATCH = SlowCallbacks()
-_original_run = asyncio.events.Handle._run
 
 
-def _describe(handle: Any) -> str:
-    """A task step names its coroutine and where it stopped; other callbacks are their repr."""
-    task = getattr(getattr(handle, "_callback", None), "__self__", None)
-    if isinstance(task, asyncio.Task):
-        # The innermost coroutine the task awaits is where its step ended: the blocking code ran
-        # just before that await.
-        chain: list[str] = []
-        coro: Any = task.get_coro()
-        while coro is not None and len(chain) < 12:
-            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-            if frame is not None:
-                chain.append(f"{frame.f_code.co_qualname} at {frame.f_code.co_filename}:{frame.f_lineno}")
-            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-        where = " -> ".join(chain[-3:]) or f"{getattr(task.get_coro(), '__qualname__', '?')}, finished"
-        return f"task {task.get_name()} ({where})"
-    return repr(handle)
+def _report(what: str, own: float, wall: float) -> None:
+    WATCH.add(f"{what} held its loop for {own:.3f}s ({wall:.3f}s wall)")
 
 
-def _timed_run(self: Any) -> None:
-    wall0 = time.monotonic()
-    waited0 = _runqueue_wait_ns()
-    gc0 = _gc_ns
-    try:
-        _original_run(self)
-    finally:
-        wall = time.monotonic() - wall0
-        if wall > SLOW_CALLBACK_SECONDS:
-            own = wall - (_runqueue_wait_ns() - waited0) / 1e9 - (_gc_ns - gc0) / 1e9
-            if own > SLOW_CALLBACK_SECONDS:
-                WATCH.add(f"{_describe(self)} held its loop for {own:.3f}s ({wall:.3f}s wall)")
+class _RelayedReports(logging.Handler):
+    """A guest agent's report, relayed into this process's logging by its UVM."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        line = getattr(record, "line", "")
+        if loopwatch.MESSAGE in text or (isinstance(line, str) and f'"{loopwatch.MESSAGE}"' in line):
+            WATCH.add(f"{record.name}: {line or text}")
 
 
-asyncio.events.Handle._run = _timed_run  # type: ignore[method-assign]
+loopwatch.install(SLOW_CALLBACK_SECONDS, _report)
+_handler = _RelayedReports(logging.WARNING)
+logging.getLogger().addHandler(_handler)

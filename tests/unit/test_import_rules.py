@@ -42,7 +42,7 @@ def _h(*names: str) -> tuple[str, ...]:
 
 
 # What a guest-side module may import of ours: the wire formats the image carries.
-_GUEST_VISIBLE = _h("hvsock", "gcs.protocol")
+_GUEST_VISIBLE = _h("hvsock", "gcs.protocol", "loopwatch")
 
 
 def _exact_or_under(module: str, prefixes: Iterable[str]) -> bool:
@@ -59,8 +59,9 @@ RULES: tuple[Rule, ...] = (
     Rule("hvsock is a stdlib-only leaf", _h("hvsock"), allowed=_h("hvsock"), stdlib_only=True),
     Rule("errdefs imports nothing of ours", _h("errdefs"), allowed=_h("errdefs")),
     Rule("settings is a stdlib-only leaf", _h("settings"), allowed=_h("settings"), stdlib_only=True),
+    Rule("loopwatch is a stdlib-only leaf", _h("loopwatch"), allowed=_h("loopwatch"), stdlib_only=True),
     Rule(
-        "the guest imports only the stdlib, hvsock and gcs.protocol",
+        "the guest imports only the stdlib, hvsock, gcs.protocol and loopwatch",
         _h("guest"),
         allowed=(*_GUEST_VISIBLE, *_h("guest")),
         stdlib_only=True,

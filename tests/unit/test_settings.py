@@ -38,6 +38,8 @@ def test_a_sample_environment_parses_into_every_field() -> None:
         "HCSSHIM_LOCAL_STATE": "/tmp/local",
         "HCSSHIM_SHIM_HOST_FACTORY": "tests.support.local_host:create",
         "TTRPC_ADDRESS": "/run/containerd/containerd.sock.ttrpc",
+        "HCSSHIM_SLOW_CALLBACK_MS": "100",
+        "HCSSHIM_GUEST_SLOW_CALLBACK_MS": "500",
         "UNRELATED": "x",
     }
     s = Settings.from_environ(environ)
@@ -54,6 +56,8 @@ def test_a_sample_environment_parses_into_every_field() -> None:
         local_state="/tmp/local",
         shim_host_factory="tests.support.local_host:create",
         ttrpc_address="/run/containerd/containerd.sock.ttrpc",
+        slow_callback_ms=100,
+        guest_slow_callback_ms=500,
     )
     assert s.qemu_state_dir == "/tmp/run/qemu"
     # Every field is covered by the sample: a new field must be added here too.

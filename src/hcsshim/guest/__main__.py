@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from hcsshim import hvsock as mux
+from hcsshim import loopwatch
 from hcsshim.hvsock import clone
 
 from . import log, storage
@@ -187,9 +188,27 @@ async def amain(args: argparse.Namespace) -> int:
     return 0
 
 
+def watch_slow_callbacks(cmdline_path: str = "/proc/cmdline") -> float | None:
+    """Install the slow-callback watch when the kernel command line asks for it; the threshold."""
+    try:
+        with open(cmdline_path) as f:
+            threshold = loopwatch.threshold_from_cmdline(f.read())
+    except OSError:
+        return None
+    except ValueError as e:
+        LOG.warning("slow-callback watch not installed", extra={"error": str(e)})
+        return None
+    if threshold is None:
+        return None
+    loopwatch.install(threshold, loopwatch.logging_reporter(LOG))
+    LOG.info("slow-callback watch installed", extra={"threshold_ms": int(threshold * 1000)})
+    return threshold
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log.setup(args.log_level, args.log_format == "json")
+    watch_slow_callbacks()
     try:
         return asyncio.run(amain(args))
     except KeyboardInterrupt:

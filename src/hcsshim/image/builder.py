@@ -93,7 +93,7 @@ STAGE1_MODULES = (
     "ext4",
 )
 
-AGENT_PARTS = ("__init__.py", "gcs", "guest", "hvsock")
+AGENT_PARTS = ("__init__.py", "gcs", "guest", "hvsock", "loopwatch.py")
 GUEST_PYTHON = "/usr/bin/python3.11"
 GUEST_RUNC = "/usr/sbin/runc"
 ELF_ROOTS = (GUEST_PYTHON, GUEST_RUNC)

@@ -15,7 +15,7 @@ import signal
 import stat
 import sys
 
-from hcsshim import settings
+from hcsshim import loopwatch, settings
 from hcsshim.shim import logs
 from hcsshim.shim.flags import Flags
 from hcsshim.shim.kind import RUNHCS_V1, ShimKind
@@ -55,6 +55,14 @@ def dump_tasks() -> None:
         buf = io.StringIO()
         task.print_stack(limit=12, file=buf)
         log.warning("task stack", extra={"task": task.get_name(), "stack": buf.getvalue()})
+
+
+def watch_slow_callbacks() -> None:
+    """HCSSHIM_SLOW_CALLBACK_MS: log each callback that holds the shim's loop longer than that."""
+    ms = settings.current().slow_callback_ms
+    if ms <= 0:
+        return
+    loopwatch.install(ms / 1000, loopwatch.logging_reporter(log))
 
 
 def ttrpc_address(flags: Flags) -> str:
@@ -112,6 +120,7 @@ def serve(flags: Flags, kind: ShimKind = RUNHCS_V1) -> int:
         return 1
     logs.configure(level, {"id": flags.id, "namespace": flags.namespace}, runtime=kind.runtime)
     try:
+        watch_slow_callbacks()
         return asyncio.run(_serve(flags, stdin_data, kind))
     except BaseException as exc:
         _signal_ready(flags.ready_fd, f"{type(exc).__name__}: {exc}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import os
+from typing import Any
 
-from hcsshim import settings
+from hcsshim import loopwatch, settings
 
 # Imported here, not on first use: a first use inside a running event loop would hold it for the
 # ~0.3 s the builder and schema modules take to import.
@@ -34,3 +36,22 @@ def default_lcow_document(
         # Validation then names the missing kernel rather than the builder guessing a layout.
         doc, _ = build_lcow_uvm_v2(owner=owner, annotations=annotations or {}, boot_files_root=root)
     return doc
+
+
+def watch_guest_loops(document: dict[str, Any]) -> dict[str, Any]:
+    """With HCSSHIM_GUEST_SLOW_CALLBACK_MS set, the document's kernel command line asks the guest agent to
+    report its own slow callbacks too (loopwatch.CMDLINE_PARAM, before the `--` that starts init's
+    arguments). Idempotent; a document without a Linux kernel command line is returned as it is."""
+    ms = settings.current().guest_slow_callback_ms
+    direct = document.get("VirtualMachine", {}).get("Chipset", {}).get("LinuxKernelDirect")
+    if ms <= 0 or not isinstance(direct, dict) or not isinstance(direct.get("KernelCmdLine"), str):
+        return document
+    cmdline: str = direct["KernelCmdLine"]
+    kernel_part, sep, init_part = cmdline.partition(" -- ")
+    if any(w.startswith(loopwatch.CMDLINE_PARAM + "=") for w in kernel_part.split()):
+        return document
+    param = f"{loopwatch.CMDLINE_PARAM}={ms}"
+    document = copy.deepcopy(document)  # the caller's document stays as it was
+    direct = document["VirtualMachine"]["Chipset"]["LinuxKernelDirect"]
+    direct["KernelCmdLine"] = f"{kernel_part} {param}{sep}{init_part}" if sep else f"{cmdline} {param}"
+    return document

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from hcsshim.hcs import ErrNotSupported, HcsError, document_to_dict, template_key
-from hcsshim.uvm.document import boot_files_path
+from hcsshim.uvm.document import boot_files_path, watch_guest_loops
 from hcsshim.uvm.errors import UvmError
 from hcsshim.uvm.utility_vm import UtilityVM
 
@@ -239,6 +239,7 @@ async def create_uvm(
 ) -> UtilityVM:
     """The UVM for `document`: from its template when `templates` is on and the backend can clone,
     else booted cold (with a log line saying why)."""
+    document = watch_guest_loops(document_to_dict(document, uvm_id))
     if templates:
         try:
             return await (store or TemplateStore()).clone(uvm_id, document)

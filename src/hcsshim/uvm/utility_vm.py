@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -32,7 +33,7 @@ from hcsshim.hvsock.abi import (
     ResourceType,
     scsi_controller_index,
 )
-from hcsshim.uvm.document import default_lcow_document
+from hcsshim.uvm.document import default_lcow_document, watch_guest_loops
 from hcsshim.uvm.errors import UvmError
 from hcsshim.uvm.plan9 import Plan9Mount, Plan9Names
 from hcsshim.uvm.scsi import ScsiMount, ScsiSlots
@@ -87,6 +88,18 @@ class _VmTransport:
         self.inner.close()
 
 
+_GUEST_LEVELS = {"warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+def _guest_line_level(text: str) -> int:
+    """The level a guest log line is relayed at: its own when it is a warning or worse (a stall, a
+    slow callback, a failed mount belong in the shim's log), debug otherwise."""
+    if text.startswith("{") and '"level"' in text:
+        with contextlib.suppress(ValueError, AttributeError):
+            return _GUEST_LEVELS.get(json.loads(text).get("level", ""), logging.DEBUG)
+    return logging.DEBUG
+
+
 class UtilityVM:
     def __init__(self, uvm_id: str, system: ComputeSystem, document: dict[str, Any]) -> None:
         self.id = uvm_id
@@ -117,9 +130,9 @@ class UtilityVM:
         cls, uvm_id: str, document: Any = None, *, annotations: dict[str, str] | None = None
     ) -> UtilityVM:
         """Create (not start) the VM from `document`, or from the default LCOW document."""
-        doc = document_to_dict(
-            document if document is not None else default_lcow_document(uvm_id, annotations), uvm_id
-        )
+        if document is None:
+            document = default_lcow_document(uvm_id, annotations)
+        doc = watch_guest_loops(document_to_dict(document, uvm_id))
         system = await create_compute_system(f"{uvm_id}@vm", doc)
         return cls(uvm_id, system, doc)
 
@@ -281,7 +294,7 @@ class UtilityVM:
                     text = line.decode(errors="replace")
                     self.guest_log.append(text)
                     del self.guest_log[:-500]
-                    log.debug("guest", extra={"id": self.id, "line": text})
+                    log.log(_guest_line_level(text), "guest", extra={"id": self.id, "line": text})
 
     def exit_reason(self) -> str:
         info = self.system.exit_info
