@@ -538,10 +538,11 @@ class Host:
             (ResourceType.COMBINED_LAYERS, RequestType.REMOVE): lambda: _off_loop(
                 storage.remove_combined_layers, settings
             ),
-            (ResourceType.POD_CGROUP_MEMORY_LIMIT, RequestType.UPDATE): lambda: None,
             (ResourceType.NETWORK, RequestType.ADD): lambda: self.network.add_adapter(settings),
             (ResourceType.NETWORK, RequestType.REMOVE): lambda: self.network.remove_adapter(settings),
         }
+        # Not here, so refused with E_NOTIMPL naming it: PodCgroupMemoryLimit (this agent sets no memory
+        # limit on the pods cgroup; the host never asks), VPCIDevice, SecurityPolicy, HvSocket ...
         handler = handlers.get((rtype, action))
         if handler is None:
             raise GcsError(f"unsupported modify request {rtype}/{action}", Hresult.E_NOTIMPL)
@@ -552,7 +553,7 @@ class Host:
             if asyncio.iscoroutine(result):
                 await result
         except OSError as e:
-            raise GcsError(f"{rtype} {action}: {e}", Hresult.E_FAIL) from None
+            raise GcsError(f"{rtype} {action}: {e}", p.hresult_of_errno(e.errno)) from None
 
     def dump_stacks(self) -> str:
         out = []

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from hcsshim import errdefs
 from hcsshim.gcs.protocol import NotificationType
 from hcsshim.shim import network
 from hcsshim.shim.host import Host
@@ -28,7 +29,9 @@ log = logging.getLogger("hcsshim.shim.pod")
 
 
 class PodError(Exception):
-    pass
+    """The pod cannot take the request in its state (a task that cannot join, a dead UVM)."""
+
+    kind = errdefs.Kind.FAILED_PRECONDITION
 
 
 class Pod:

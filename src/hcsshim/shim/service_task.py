@@ -23,23 +23,21 @@ from typing import Any, Protocol
 from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from hcsshim.annotations import AnnotationError
 from hcsshim.api.containerd.events import task_pb2 as events
 from hcsshim.api.containerd.runc.options import oci_pb2 as runc_options
 from hcsshim.api.containerd.task.v2 import shim_pb2 as v2
 from hcsshim.api.containerd.task.v3 import shim_pb2 as v3
 from hcsshim.api.containerd.types.task import task_pb2 as task_types
 from hcsshim.api.runhcs.options import runhcs_pb2
-from hcsshim.network import NetworkError
 from hcsshim.shim import cgroup
 from hcsshim.shim.cgroup import shim_cgroup
 from hcsshim.shim.host import HostFactory
 from hcsshim.shim.io import ProcessIO
 from hcsshim.shim.options import options_from_any
-from hcsshim.shim.pod import Pod, PodError
+from hcsshim.shim.pod import Pod
 from hcsshim.shim.process import Process, State
 from hcsshim.shim.rootfs import MountSpec
-from hcsshim.shim.spec import SpecError, read_spec, role_and_sandbox
+from hcsshim.shim.spec import read_spec, role_and_sandbox
 from hcsshim.shim.stats import container_metrics
 from hcsshim.shim.task import Task
 from hcsshim.ttrpc import Code, Context, MethodTable, Server, TtrpcError
@@ -65,16 +63,6 @@ def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp:
     if seconds is not None:
         ts.FromNanoseconds(int(seconds * 1e9))
     return ts
-
-
-def _map_errors(exc: Exception) -> TtrpcError:
-    if isinstance(exc, (SpecError, AnnotationError)):
-        # The caller's input is wrong (config.json, an annotation): containerd shows it as such.
-        return TtrpcError(Code.INVALID_ARGUMENT, str(exc))
-    if isinstance(exc, (PodError, NetworkError)):
-        return TtrpcError(Code.FAILED_PRECONDITION, str(exc))
-    # Everything else keeps the kind its layer gave it (errdefs), mapped in one place.
-    return from_exception(exc)
 
 
 class TaskService:
@@ -139,7 +127,8 @@ class TaskService:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                err = _map_errors(exc)
+                # Every layer's error carries its kind (hcsshim.errdefs); ttrpc.status maps it.
+                err = from_exception(exc)
                 if err.code == Code.UNKNOWN:
                     log.exception("task call failed", extra={"method": ctx.method})
                 raise err from exc

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from hcsshim import errdefs
 from hcsshim.gcs.protocol import INIT_PROCESS_ID_KEY
 from hcsshim.shim.host import Host, container_document
 from hcsshim.shim.io import ProcessIO
@@ -115,7 +116,10 @@ class Task:
             if m.get("destination") in GUEST_PROVIDED:
                 continue
             if not os.path.exists(source):
-                raise ProcessError(f"bind mount source {source} does not exist on the host")
+                raise ProcessError(
+                    f"bind mount source {source} does not exist on the host",
+                    kind=errdefs.Kind.INVALID_ARGUMENT,
+                )
             # CRI's pod files share one directory that the sandbox binds read-only and containers
             # read-write; the share is read-write and each bind mount keeps its own "ro".
             read_only = "ro" in options and m.get("destination") not in CRI_POD_FILES
@@ -174,7 +178,10 @@ class Task:
 
     def add_exec(self, exec_id: str, io: ProcessIO, oci_process: dict[str, Any]) -> Process:
         if exec_id in self.execs:
-            raise KeyError(exec_id)
+            raise ProcessError(
+                f"exec {exec_id} already exists in task {self.id}",
+                kind=errdefs.Kind.ALREADY_EXISTS,
+            )
         if self.init.state is not State.RUNNING:
             raise ProcessError(f"task {self.id} is {self.init.state.value}, cannot exec")
         proc = Process(

@@ -12,8 +12,8 @@ import time
 import uuid
 from typing import Any, Protocol
 
+from hcsshim import errdefs, settings
 from hcsshim import hvsock as mux
-from hcsshim import settings
 from hcsshim.hcs import (
     ComputeSystem,
     ErrNotSupported,
@@ -126,7 +126,12 @@ class UtilityVM:
     @property
     def bridge(self) -> Any:
         if self._bridge is None:
-            raise UvmError(self.id, "bridge", "the guest connection is not established (start() first)")
+            raise UvmError(
+                self.id,
+                "bridge",
+                "the guest connection is not established (start() first)",
+                kind=errdefs.Kind.FAILED_PRECONDITION,
+            )
         return self._bridge
 
     async def start(self, timeout: float | None = None) -> None:
@@ -137,7 +142,12 @@ class UtilityVM:
         try:
             transport = await self.system.open_guest_transport()
         except ErrNotSupported as e:
-            raise UvmError(self.id, "start", f"no guest transport: {e}") from e
+            raise UvmError(
+                self.id,
+                "start",
+                f"no guest transport: {e}",
+                kind=errdefs.Kind.NOT_IMPLEMENTED,
+            ) from e
         address = self.system.hvsocket_address  # for messages
         self.session = mux.MuxSession(_VmTransport(transport, self), mux.Role.HOST).start()
         # Listen before the guest can dial (upstream: PrepareConnection before Start).
@@ -176,16 +186,20 @@ class UtilityVM:
                 "start",
                 f"the VM exited before the guest agent connected: {why}; console tail: {tail!r}"
                 + (f"; QEMU's log: {qemu_log!r}" if qemu_log else ""),
+                kind=errdefs.Kind.UNAVAILABLE,
             )
         console = self._console_tail()
         await self.terminate()
         timed_out = err is None or isinstance(err, TimeoutError)
         what = f"timed out after {timeout:.0f}s" if timed_out else f"failed: {err}"
+        # A stalled agent is DeadlineExceeded; one that failed says its own kind (Unavailable if none).
+        kind = errdefs.Kind.DEADLINE_EXCEEDED if timed_out or err is None else errdefs.kind_of(err)
         raise UvmError(
             self.id,
             "start",
             f"waiting for the guest agent to dial and negotiate the bridge {what} "
             f"(mux port 0x{BRIDGE_PORT:x} over {address}); console tail: {console[-600:]!r}",
+            kind=errdefs.Kind.UNAVAILABLE if kind is errdefs.Kind.UNKNOWN else kind,
         ) from err
 
     @property
@@ -215,7 +229,12 @@ class UtilityVM:
             ch.close()
         error = clone.decode_ack(answer)
         if error:
-            raise UvmError(self.id, "start", f"the clone refused its identity: {error}")
+            raise UvmError(
+                self.id,
+                "start",
+                f"the clone refused its identity: {error}",
+                kind=errdefs.Kind.FAILED_PRECONDITION,
+            )
         self.machine_id = identity.machine_id
         return await _connect_bridge_fn()(self.session, timeout=timeout, listener=bridge_listener)
 
@@ -251,6 +270,9 @@ class UtilityVM:
                     "save_as_template",
                     f"the agent did not report {marker!r} on the console within {ready_timeout:.0f}s "
                     f"({self.exit_reason()}); console tail: {self._console_tail()[-600:]!r}",
+                    kind=errdefs.Kind.UNAVAILABLE
+                    if self.system.exit_info is not None
+                    else errdefs.Kind.DEADLINE_EXCEEDED,
                 )
             await asyncio.sleep(0.05)
         await self.system.save({"SaveType": "AsTemplate", "SaveStateFilePath": directory})
@@ -367,14 +389,22 @@ class UtilityVM:
             if existing is not None:
                 if existing.read_only != read_only:
                     raise UvmError(
-                        self.id, "add_scsi", f"{host_path} is already attached with ro={existing.read_only}"
+                        self.id,
+                        "add_scsi",
+                        f"{host_path} is already attached with ro={existing.read_only}",
+                        kind=errdefs.Kind.ALREADY_EXISTS,
                     )
                 existing.refs += 1
                 return existing
             try:
                 index, guid, lun = self.scsi.allocate()
             except LookupError as e:
-                raise UvmError(self.id, "add_scsi", str(e)) from e
+                raise UvmError(
+                    self.id,
+                    "add_scsi",
+                    str(e),
+                    kind=errdefs.Kind.FAILED_PRECONDITION,
+                ) from e
             m = ScsiMount(host_path, index, guid, lun, read_only)
             try:
                 await self.system.modify(
@@ -418,7 +448,12 @@ class UtilityVM:
         async with self._lock:
             m = self.scsi.by_path.get(host_path)
             if m is None:
-                raise UvmError(self.id, "remove_scsi", f"{host_path} is not attached")
+                raise UvmError(
+                    self.id,
+                    "remove_scsi",
+                    f"{host_path} is not attached",
+                    kind=errdefs.Kind.NOT_FOUND,
+                )
             m.refs -= 1
             if m.refs > 0:
                 return
@@ -439,7 +474,10 @@ class UtilityVM:
             if existing is not None:
                 if existing.read_only != read_only:
                     raise UvmError(
-                        self.id, "add_plan9", f"{host_path} is already shared with ro={existing.read_only}"
+                        self.id,
+                        "add_plan9",
+                        f"{host_path} is already shared with ro={existing.read_only}",
+                        kind=errdefs.Kind.ALREADY_EXISTS,
                     )
                 existing.refs += 1
                 return existing.guest_path
@@ -460,7 +498,12 @@ class UtilityVM:
         async with self._lock:
             m = self.plan9.by_path.get(host_path)
             if m is None:
-                raise UvmError(self.id, "remove_plan9", f"{host_path} is not shared")
+                raise UvmError(
+                    self.id,
+                    "remove_plan9",
+                    f"{host_path} is not shared",
+                    kind=errdefs.Kind.NOT_FOUND,
+                )
             m.refs -= 1
             if m.refs > 0:
                 return
@@ -509,7 +552,12 @@ class UtilityVM:
     # ---- VPMem -------------------------------------------------------------------------------------
 
     async def add_vpmem(self, host_path: str) -> str:
-        raise UvmError(self.id, "add_vpmem", "VPMem is not supported by the qemu backend; use add_scsi")
+        raise UvmError(
+            self.id,
+            "add_vpmem",
+            "VPMem is not supported by the qemu backend; use add_scsi",
+            kind=errdefs.Kind.NOT_IMPLEMENTED,
+        )
 
 
 __all__ = ["SCSI_CONTROLLER_GUIDS", "UtilityVM"]

@@ -12,7 +12,14 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from hcsshim.hcs.errors import ErrAlreadyExists, ErrElementNotFound, ErrInvalidData, ErrNotSupported, HcsError
+from hcsshim.hcs.errors import (
+    ErrAlreadyExists,
+    ErrElementNotFound,
+    ErrInvalidData,
+    ErrNotSupported,
+    ErrTimeout,
+    HcsError,
+)
 from hcsshim.hcs.qemu import mounts
 from hcsshim.hcs.qemu.cmdline import (
     VPMEM_MAX_SLOTS,
@@ -163,7 +170,9 @@ class DeviceSet:
             try:
                 await asyncio.wait_for(deleted(), DEVICE_DELETED_TIMEOUT)
             except TimeoutError as e:
-                raise HcsError("Modify", self._id, f"guest did not release {what}") from e
+                raise ErrTimeout(
+                    "Modify", self._id, f"guest did not release {what} within {DEVICE_DELETED_TIMEOUT:.0f}s"
+                ) from e
 
     # ---- Plan9 -----------------------------------------------------------------------------------
 
