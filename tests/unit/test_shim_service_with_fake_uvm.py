@@ -473,6 +473,10 @@ def test_errors_and_misc_rpcs_with_fake_uvm(tmp_path: Path) -> None:
         )
         await h.call("Update", v2.UpdateTaskRequest(id="c1", resources=resources), empty_pb2.Empty)
         assert h.hosts[0].bridge.documents["c1"]["updated"] == {"memory": {"limit": 1 << 20}}
+        with pytest.raises(TtrpcError) as annotated:
+            update = v2.UpdateTaskRequest(id="c1", resources=resources, annotations={"a": "b"})
+            await h.call("Update", update, empty_pb2.Empty)
+        assert annotated.value.code == Code.UNIMPLEMENTED and "annotations ['a']" in annotated.value.message
         with pytest.raises(TtrpcError) as pause:
             await h.call("Pause", v2.PauseRequest(id="c1"), empty_pb2.Empty)
         assert pause.value.code == Code.UNIMPLEMENTED  # the fake host has no compute system

@@ -493,6 +493,8 @@ class Host:
                 v2 = stats.metrics_v2(c.cgroups_path)
                 if v2 is not None:
                     props[p.CGROUP_V2_METRICS_KEY] = v2
+            else:
+                raise GcsError(f"property type {kind!r} is not supported", Hresult.E_NOTIMPL)
         return props
 
     async def update_container(self, cid: str, resources: dict[str, Any]) -> None:
@@ -509,6 +511,11 @@ class Host:
             raise GcsError("ModifySettings Settings must be an object", Hresult.VMCOMPUTE_INVALID_JSON)
         if cid != NULL_CONTAINER_ID:
             if rtype == ResourceType.CONTAINER_CONSTRAINTS and action == RequestType.UPDATE:
+                other = sorted(k for k, v in settings.items() if k != "Linux" and v)
+                if other:
+                    raise GcsError(
+                        f"ContainerConstraints {other} are not supported on Linux", Hresult.E_NOTIMPL
+                    )
                 await self.update_container(cid, settings.get("Linux") or {})
                 return
             raise GcsError(f"invalid container modify {rtype}/{action}", Hresult.E_INVALIDARG)

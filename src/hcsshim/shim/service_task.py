@@ -385,8 +385,14 @@ class TaskService:
 
     async def update(self, ctx: Context, req: v2.UpdateTaskRequest) -> empty_pb2.Empty:
         task = self._task(req.id)
+        if req.annotations:
+            # Nothing here reads a running task's annotations again: changing them would be a no-op.
+            raise TtrpcError(
+                Code.UNIMPLEMENTED,
+                f"Update: annotations {sorted(req.annotations)} cannot change on a running task",
+            )
         if not req.HasField("resources") or not req.resources.value:
-            return empty_pb2.Empty()
+            return empty_pb2.Empty()  # nothing asked
         if not req.resources.type_url.endswith("LinuxResources"):
             raise TtrpcError(Code.INVALID_ARGUMENT, f"unsupported resources type {req.resources.type_url}")
         try:
