@@ -183,8 +183,10 @@ async def _guest_output(vm: UtilityVM, args: list[str]) -> str:
     }
     proc = await vm.bridge.execute_process(NULL_CONTAINER_ID, params)
     chunks: list[bytes] = []
+    stdout = proc.stdout
+    assert stdout is not None  # CreateStdOutPipe
     try:
-        while data := await asyncio.wait_for(proc.stdout.read(), OUTPUT_DRAIN_TIMEOUT):
+        while data := await asyncio.wait_for(stdout.read(), OUTPUT_DRAIN_TIMEOUT):
             chunks.append(data)
         code = await vm.bridge.wait_process(NULL_CONTAINER_ID, proc.pid, timeout=OUTPUT_DRAIN_TIMEOUT)
     finally:

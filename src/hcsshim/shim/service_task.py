@@ -26,12 +26,11 @@ from google.protobuf.message import Message
 from hcsshim.api.containerd.events import task_pb2 as events
 from hcsshim.api.containerd.runc.options import oci_pb2 as runc_options
 from hcsshim.api.containerd.task.v2 import shim_pb2 as v2
-from hcsshim.api.containerd.task.v3 import shim_pb2 as v3
 from hcsshim.api.containerd.types.task import task_pb2 as task_types
 from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.shim import cgroup
 from hcsshim.shim.cgroup import shim_cgroup
-from hcsshim.shim.host import HostFactory
+from hcsshim.shim.host import HostFactory, Pausable
 from hcsshim.shim.io import ProcessIO
 from hcsshim.shim.options import options_from_any
 from hcsshim.shim.pod import Pod
@@ -92,29 +91,28 @@ class TaskService:
         self.events.publish(topic_for(event), event, namespace=self.namespace)
 
     def register(self, server: Server) -> None:
-        handlers: dict[str, tuple[str, Callable[[Context, Any], Awaitable[Message]]]] = {
-            "State": ("StateRequest", self.state),
-            "Create": ("CreateTaskRequest", self.create),
-            "Start": ("StartRequest", self.start),
-            "Delete": ("DeleteRequest", self.delete),
-            "Pids": ("PidsRequest", self.pids),
-            "Pause": ("PauseRequest", self.pause),
-            "Resume": ("ResumeRequest", self.resume),
-            "Checkpoint": ("CheckpointTaskRequest", self.checkpoint),
-            "Kill": ("KillRequest", self.kill),
-            "Exec": ("ExecProcessRequest", self.exec),
-            "ResizePty": ("ResizePtyRequest", self.resize_pty),
-            "CloseIO": ("CloseIORequest", self.close_io),
-            "Update": ("UpdateTaskRequest", self.update),
-            "Wait": ("WaitRequest", self.wait),
-            "Stats": ("StatsRequest", self.stats),
-            "Connect": ("ConnectRequest", self.connect),
-            "Shutdown": ("ShutdownRequest", self.shutdown),
+        # v3's messages are wire-identical to v2's: one set of request types decodes both services.
+        handlers: dict[str, tuple[type[Message], Callable[[Context, Any], Awaitable[Message]]]] = {
+            "State": (v2.StateRequest, self.state),
+            "Create": (v2.CreateTaskRequest, self.create),
+            "Start": (v2.StartRequest, self.start),
+            "Delete": (v2.DeleteRequest, self.delete),
+            "Pids": (v2.PidsRequest, self.pids),
+            "Pause": (v2.PauseRequest, self.pause),
+            "Resume": (v2.ResumeRequest, self.resume),
+            "Checkpoint": (v2.CheckpointTaskRequest, self.checkpoint),
+            "Kill": (v2.KillRequest, self.kill),
+            "Exec": (v2.ExecProcessRequest, self.exec),
+            "ResizePty": (v2.ResizePtyRequest, self.resize_pty),
+            "CloseIO": (v2.CloseIORequest, self.close_io),
+            "Update": (v2.UpdateTaskRequest, self.update),
+            "Wait": (v2.WaitRequest, self.wait),
+            "Stats": (v2.StatsRequest, self.stats),
+            "Connect": (v2.ConnectRequest, self.connect),
+            "Shutdown": (v2.ShutdownRequest, self.shutdown),
         }
-        for service, module in ((SERVICE_V2, v2), (SERVICE_V3, v3)):
-            table: MethodTable = {
-                name: (getattr(module, req), self._wrap(fn)) for name, (req, fn) in handlers.items()
-            }
+        table: MethodTable = {name: (req, self._wrap(fn)) for name, (req, fn) in handlers.items()}
+        for service in (SERVICE_V2, SERVICE_V3):
             server.register(service, table)
 
     @staticmethod
@@ -371,10 +369,10 @@ class TaskService:
         self.publish(events.TaskResumed(container_id=req.id))
         return empty_pb2.Empty()
 
-    def _own_system(self, task: Task, what: str) -> Any:
+    def _own_system(self, task: Task, what: str) -> Pausable:
         # Linux guests cannot freeze one container through the bridge; a task alone in its UVM is paused
         # by pausing the VM, which is exactly that task.
-        system = getattr(task.host, "system", None)
+        system = task.host.system
         pod = self.pod
         if not task.owns_host or pod is None or len(pod.tasks) != 1 or system is None:
             raise TtrpcError(Code.UNIMPLEMENTED, f"{what} is only supported for a task alone in its UVM")

@@ -20,7 +20,6 @@ from hcsshim.gcs.protocol import INIT_PROCESS_ID_KEY
 from hcsshim.shim.host import Host, container_document
 from hcsshim.shim.io import ProcessIO
 from hcsshim.shim.lcow_rootfs import LcowRootfs, find_layers
-from hcsshim.shim.network import guest_spec
 from hcsshim.shim.process import Process, ProcessError, State
 from hcsshim.shim.rootfs import MountSpec, mount_all, unmount
 from hcsshim.shim.spec import Role
@@ -68,11 +67,10 @@ class Task:
         try:
             root_guest = await self._share_rootfs(rootfs)
             spec = await self._share_bind_mounts(self.spec)
-            # Hosts that are not UVMs (the local agent) adjust the spec and place bundles themselves.
-            adjust = getattr(self.host, "adjust_spec", None)
-            # A UVM's guest joins its own pod netns, never the host's path.
-            spec = adjust(spec) if adjust is not None else guest_spec(spec)
-            bundle_root = str(getattr(self.host, "bundle_root", "") or "")
+            # A UVM's guest joins its own pod netns, never the host's path; the local agent keeps the
+            # host's OOM score floor and places bundles in its own state directory.
+            spec = self.host.adjust_spec(spec)
+            bundle_root = self.host.bundle_root
             bundle = f"{bundle_root}/{self.id}" if bundle_root else ""
             document = container_document(self.id, spec, root_guest, bundle)
             response = await self.host.bridge.create_container(self.id, document)
@@ -90,7 +88,7 @@ class Task:
         if layers is not None:
             # lcow snapshotter: disks into the UVM, overlay in the guest, nothing on the host.
             self._lcow = LcowRootfs(self.host, self.id)
-            bundle_root = str(getattr(self.host, "bundle_root", "") or "")
+            bundle_root = self.host.bundle_root
             return await self._lcow.attach(layers, f"{bundle_root}/{self.id}" if bundle_root else "")
         if rootfs:
             target = os.path.join(self.bundle, "rootfs")
