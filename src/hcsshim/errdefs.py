@@ -89,6 +89,7 @@ _HRESULT_KINDS: dict[int, Kind] = {
     0x80004001: Kind.NOT_IMPLEMENTED,  # E_NOTIMPL
     0xC037010B: Kind.NOT_IMPLEMENTED,  # HCS_E_UNKNOWN_MESSAGE
     0x00000032: Kind.NOT_IMPLEMENTED,  # ERROR_NOT_SUPPORTED
+    0xC037010C: Kind.NOT_IMPLEMENTED,  # HCS_E_UNSUPPORTED_PROTOCOL_VERSION
 }
 
 
@@ -96,12 +97,20 @@ def kind_of_hresult(value: int) -> Kind:
     return _HRESULT_KINDS.get(_u32(value), Kind.UNKNOWN)
 
 
+def _attr(exc: BaseException, name: str) -> object:
+    # An exception's own property may raise; finding a kind must not.
+    try:
+        return getattr(exc, name, None)
+    except Exception:
+        return None
+
+
 def _own_kind(exc: BaseException) -> Kind:
-    declared = getattr(exc, "kind", None)
+    declared = _attr(exc, "kind")
     if isinstance(declared, Kind):
         return declared
     for attr in ("result", "code"):
-        value = getattr(exc, attr, None)
+        value = _attr(exc, attr)
         if isinstance(value, int) and not isinstance(value, bool):
             kind = kind_of_hresult(value)
             if kind is not Kind.UNKNOWN:

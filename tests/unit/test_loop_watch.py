@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from hcsshim import loopwatch, settings
+from hcsshim.gcs.connection import guest_line_level
 from hcsshim.guest import __main__ as guest_main
 from hcsshim.shim import server as shim_server
 from hcsshim.uvm.document import watch_guest_loops
-from hcsshim.uvm.utility_vm import _guest_line_level
 from tests.support.loop_watch import SLOW_CALLBACK_SECONDS, WATCH, _report
 
 CMDLINE = "root=/dev/sda ro quiet nr_cpus=2 -- -e 1 /bin/vsockexec -e 109 /bin/gcs -v4 -loglevel info"
@@ -179,4 +179,4 @@ def test_a_uvm_document_is_unchanged_when_the_setting_is_off(monkeypatch: pytest
     ],
 )
 def test_guest_log_lines_keep_their_level_from_warning_up(line: str, level: int) -> None:
-    assert _guest_line_level(line) == level
+    assert guest_line_level(line) == level

@@ -23,6 +23,8 @@ from hcsshim.api.containerd.types.task import task_pb2 as task_types
 from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.api.ttrpc import request_pb2
 from hcsshim.gcs import protocol as p
+from hcsshim.gcs.connection import ExitCallback, OomCallback, dispatcher
+from hcsshim.network import guest_network_spec
 from hcsshim.shim.service_task import TaskService
 from hcsshim.ttrpc import Code, Server, TtrpcError
 
@@ -132,8 +134,11 @@ class FakeBridge:
     async def resize_console(self, container_id: str, pid: int, height: int, width: int, **_: Any) -> None:
         self.resizes.append((pid, height, width))
 
-    async def get_properties(self, container_id: str, types: list[str], **_: Any) -> dict[str, Any]:
-        if "ProcessList" in types:
+    async def dump_stacks(self, **_: Any) -> str:
+        return "fake guest stacks"
+
+    async def get_properties(self, container_id: str, property_types: list[str], **_: Any) -> dict[str, Any]:
+        if "ProcessList" in property_types:
             pids = [p.pid for p in self.processes.values() if p.container_id == container_id]
             return {
                 "ProcessList": [{"ProcessId": pid} for pid in pids if not self.processes[pid].exit.done()]
@@ -168,6 +173,19 @@ class FakeHost:
     @property
     def bridge(self) -> FakeBridge:
         return self._bridge
+
+    @property
+    def system(self) -> None:
+        return None  # no compute system: Pause/Resume are refused
+
+    bundle_root = ""
+
+    def adjust_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return guest_network_spec(spec)
+
+    def subscribe(self, *, on_exit: ExitCallback | None = None, on_oom: OomCallback | None = None) -> None:
+        # The real connection's typed dispatch, over the fake bridge's raw notify callback.
+        self._bridge.set_notify(dispatcher(on_exit, on_oom))
 
     async def add_plan9(self, host_path: str, read_only: bool = True) -> str:
         self.shares[host_path] = read_only
@@ -473,6 +491,10 @@ def test_errors_and_misc_rpcs_with_fake_uvm(tmp_path: Path) -> None:
         )
         await h.call("Update", v2.UpdateTaskRequest(id="c1", resources=resources), empty_pb2.Empty)
         assert h.hosts[0].bridge.documents["c1"]["updated"] == {"memory": {"limit": 1 << 20}}
+        with pytest.raises(TtrpcError) as annotated:
+            update = v2.UpdateTaskRequest(id="c1", resources=resources, annotations={"a": "b"})
+            await h.call("Update", update, empty_pb2.Empty)
+        assert annotated.value.code == Code.UNIMPLEMENTED and "annotations ['a']" in annotated.value.message
         with pytest.raises(TtrpcError) as pause:
             await h.call("Pause", v2.PauseRequest(id="c1"), empty_pb2.Empty)
         assert pause.value.code == Code.UNIMPLEMENTED  # the fake host has no compute system

@@ -71,7 +71,7 @@ def make_uvm() -> tuple[UtilityVM, FakeSystem, FakeBridge, list[tuple[str, Any]]
     doc = {"VirtualMachine": {"Devices": {"Scsi": {G0: {"Attachments": {"0": {"Path": "/rootfs.vhd"}}}}}}}
     vm = UtilityVM("fake", system, doc)
     bridge = FakeBridge(calls)
-    vm._bridge = bridge
+    vm._bridge = bridge  # type: ignore[assignment]  # a fake bridge
     return vm, system, bridge, calls
 
 
@@ -161,7 +161,7 @@ def test_cancelled_terminate_propagates_and_spares_exit_handling_with_fake_syste
     async def run() -> None:
         vm, _, _, calls = make_uvm()
         bridge = SlowFailBridge(calls)
-        vm._bridge = bridge
+        vm._bridge = bridge  # type: ignore[assignment]  # a fake bridge
         vm._exit_task = asyncio.create_task(vm._on_exit())
         terminate = asyncio.create_task(vm.terminate())
         await asyncio.sleep(0.05)  # terminate now waits for the exit handling, which waits on the bridge

@@ -15,6 +15,7 @@ import re
 import uuid
 from collections.abc import Mapping
 
+from hcsshim import errdefs
 from hcsshim.annotations.keys import EXPANSIONS, KNOWN, KNOWN_PREFIXES
 
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
@@ -25,7 +26,9 @@ Annotations = Mapping[str, str]
 
 
 class AnnotationError(ValueError):
-    """An annotation whose value hcsshim cannot use."""
+    """An annotation whose value hcsshim cannot use: the caller's input is wrong."""
+
+    kind = errdefs.Kind.INVALID_ARGUMENT
 
     def __init__(self, key: str, value: str, reason: str) -> None:
         super().__init__(f"annotation {key}={value!r}: {reason}")

@@ -7,6 +7,8 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 
+from hcsshim import errdefs
+
 # Boot file names (internal/vm/vmutils/constants.go).
 KERNEL_FILE = "kernel"
 UNCOMPRESSED_KERNEL_FILE = "vmlinux"
@@ -37,6 +39,8 @@ DEFAULT_MEMORY_SIZE_IN_MB = 1024
 
 class BuilderError(ValueError):
     """Inputs no document can be built from."""
+
+    kind = errdefs.Kind.INVALID_ARGUMENT
 
 
 @dataclass(frozen=True, slots=True)

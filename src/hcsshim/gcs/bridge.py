@@ -38,12 +38,14 @@ class BridgeError(GcsError):
         self.records = records
 
 
+# Their kinds come from the builtin they subclass (hcsshim.errdefs; gcs imports nothing the guest
+# could not): a TimeoutError is DeadlineExceeded, a ConnectionError Unavailable.
 class BridgeTimeoutError(TimeoutError):
-    pass
+    """A call got no answer in time (the guest is stalled or gone)."""
 
 
 class BridgeClosedError(ConnectionError):
-    pass
+    """The bridge is gone: the guest hung up, or the VM died."""
 
 
 @dataclass
@@ -256,7 +258,10 @@ class BridgeClient:
         resp = await self.call(Rpc.NEGOTIATE_PROTOCOL, body, timeout=timeout)
         version = int(resp.get("Version") or 0)
         if version != p.PROTOCOL_VERSION:
-            raise GcsError(f"guest negotiated unexpected protocol version {version}")
+            raise GcsError(
+                f"guest negotiated unexpected protocol version {version}",
+                p.Hresult.VMCOMPUTE_UNSUPPORTED_PROTOCOL_VERSION,
+            )
         self.negotiated = Negotiated(version, dict(resp.get("Capabilities") or {}))
         return self.negotiated
 

@@ -8,6 +8,7 @@ internal/gcs/prot and internal/guest/prot so captures stay comparable with the u
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import struct
 from dataclasses import dataclass
@@ -147,6 +148,28 @@ class Hresult(enum.IntEnum):
     VMCOMPUTE_SYSTEM_ALREADY_STOPPED = -1070137072  # 0xC0370110
     VMCOMPUTE_INVALID_STATE = -2143878907  # 0x80370105
     VMCOMPUTE_TIMEOUT = -1070137079  # 0xC0370109
+
+
+_ERRNO_HRESULTS = {
+    errno.ENOENT: Hresult.ERROR_NOT_FOUND,
+    errno.ENODEV: Hresult.ERROR_NOT_FOUND,
+    errno.ENXIO: Hresult.ERROR_NOT_FOUND,
+    errno.ESRCH: Hresult.ERROR_NOT_FOUND,
+    errno.EEXIST: Hresult.VMCOMPUTE_SYSTEM_ALREADY_EXISTS,
+    errno.EINVAL: Hresult.E_INVALIDARG,
+    errno.ENAMETOOLONG: Hresult.E_INVALIDARG,
+    errno.EBUSY: Hresult.VMCOMPUTE_INVALID_STATE,
+    errno.ENOTEMPTY: Hresult.VMCOMPUTE_INVALID_STATE,
+    errno.ETIMEDOUT: Hresult.VMCOMPUTE_TIMEOUT,
+    errno.ENOSYS: Hresult.E_NOTIMPL,
+    errno.EOPNOTSUPP: Hresult.E_NOTIMPL,
+}
+
+
+def hresult_of_errno(err: int | None) -> Hresult:
+    """The HRESULT a guest failure with this errno answers with, so the host sees its kind
+    (a missing file is NotFound, a busy mount FailedPrecondition); E_FAIL when there is none."""
+    return _ERRNO_HRESULTS.get(err or 0, Hresult.E_FAIL)
 
 
 class ProtocolError(Exception):

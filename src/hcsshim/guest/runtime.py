@@ -493,6 +493,8 @@ class Host:
                 v2 = stats.metrics_v2(c.cgroups_path)
                 if v2 is not None:
                     props[p.CGROUP_V2_METRICS_KEY] = v2
+            else:
+                raise GcsError(f"property type {kind!r} is not supported", Hresult.E_NOTIMPL)
         return props
 
     async def update_container(self, cid: str, resources: dict[str, Any]) -> None:
@@ -509,6 +511,11 @@ class Host:
             raise GcsError("ModifySettings Settings must be an object", Hresult.VMCOMPUTE_INVALID_JSON)
         if cid != NULL_CONTAINER_ID:
             if rtype == ResourceType.CONTAINER_CONSTRAINTS and action == RequestType.UPDATE:
+                other = sorted(k for k, v in settings.items() if k != "Linux" and v)
+                if other:
+                    raise GcsError(
+                        f"ContainerConstraints {other} are not supported on Linux", Hresult.E_NOTIMPL
+                    )
                 await self.update_container(cid, settings.get("Linux") or {})
                 return
             raise GcsError(f"invalid container modify {rtype}/{action}", Hresult.E_INVALIDARG)
@@ -538,10 +545,11 @@ class Host:
             (ResourceType.COMBINED_LAYERS, RequestType.REMOVE): lambda: _off_loop(
                 storage.remove_combined_layers, settings
             ),
-            (ResourceType.POD_CGROUP_MEMORY_LIMIT, RequestType.UPDATE): lambda: None,
             (ResourceType.NETWORK, RequestType.ADD): lambda: self.network.add_adapter(settings),
             (ResourceType.NETWORK, RequestType.REMOVE): lambda: self.network.remove_adapter(settings),
         }
+        # Not here, so refused with E_NOTIMPL naming it: PodCgroupMemoryLimit (this agent sets no memory
+        # limit on the pods cgroup; the host never asks), VPCIDevice, SecurityPolicy, HvSocket ...
         handler = handlers.get((rtype, action))
         if handler is None:
             raise GcsError(f"unsupported modify request {rtype}/{action}", Hresult.E_NOTIMPL)
@@ -552,7 +560,7 @@ class Host:
             if asyncio.iscoroutine(result):
                 await result
         except OSError as e:
-            raise GcsError(f"{rtype} {action}: {e}", Hresult.E_FAIL) from None
+            raise GcsError(f"{rtype} {action}: {e}", p.hresult_of_errno(e.errno)) from None
 
     def dump_stacks(self) -> str:
         out = []

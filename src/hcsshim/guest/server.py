@@ -145,7 +145,7 @@ class BridgeServer:
             resp = p.error_response(e, activity)
         except Exception as e:
             LOG.exception("request crashed", extra={"rpc": name, "id": msg.id})
-            resp = p.error_response(GcsError(f"{name}: {type(e).__name__}: {e}"), activity)
+            resp = p.error_response(GcsError(f"{name}: {type(e).__name__}: {e}", _crash_result(e)), activity)
         try:
             frame = p.encode(p.response_type(msg.type), msg.id, resp)
         except GcsError as e:
@@ -308,3 +308,15 @@ class BridgeServer:
         resources = p.parse_any_in_string(body.get("Resources"), "Resources") or {}
         await self.host.update_container(str(body.get("ContainerId") or ""), resources)
         return {}
+
+
+def _crash_result(e: Exception) -> int:
+    """The HRESULT of a failure that was not a GcsError: what its type says, so the host still sees
+    NotFound for a missing file or DeadlineExceeded for a timeout, E_FAIL otherwise."""
+    if isinstance(e, TimeoutError):
+        return Hresult.VMCOMPUTE_TIMEOUT
+    if isinstance(e, OSError):
+        return p.hresult_of_errno(e.errno)
+    if isinstance(e, NotImplementedError):
+        return Hresult.E_NOTIMPL
+    return Hresult.E_FAIL

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import enum
 
+from hcsshim import errdefs
+
 
 class HResult(enum.IntEnum):
     """The HRESULT / Win32 values hcsshim compares against."""
@@ -40,6 +42,11 @@ class HcsError(Exception):
         self.code = code if code is not None else self.default_code
         self.message = message
         super().__init__(f"hcs::{op} {system_id}: {message} (0x{int(self.code):08x} {self.code.name})")
+
+    @property
+    def kind(self) -> errdefs.Kind:
+        """The kind its code names; E_FAIL is unknown, so a cause's kind is used (errdefs.kind_of)."""
+        return errdefs.kind_of_hresult(self.code)
 
 
 class ErrComputeSystemDoesNotExist(HcsError):

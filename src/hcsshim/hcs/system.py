@@ -127,6 +127,11 @@ class ComputeSystem(abc.ABC):
     def exit_info(self) -> ExitInfo | None: ...
 
     @property
+    def console_path(self) -> str:
+        """A file holding the guest's serial console output, or "" when the backend keeps none."""
+        return ""
+
+    @property
     def hvsocket_address(self) -> str | None:
         """Where the host reaches the guest's HvSocket stand-in (`unix:/path` or `vsock:<cid>:<port>`)."""
         return None

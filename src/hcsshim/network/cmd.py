@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+from hcsshim import errdefs
 from hcsshim.network.errors import NetworkError
 
 NSENTER = "nsenter"
@@ -31,7 +32,10 @@ async def run_in(netns: str, *argv: str, check: bool = True) -> tuple[int, str, 
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise NetworkError(f"{' '.join(argv)} in {netns} did not finish in {COMMAND_TIMEOUT:.0f}s") from None
+        raise NetworkError(
+            f"{' '.join(argv)} in {netns} did not finish in {COMMAND_TIMEOUT:.0f}s",
+            errdefs.Kind.DEADLINE_EXCEEDED,
+        ) from None
     rc = proc.returncode or 0
     text, etext = out.decode(errors="replace"), err.decode(errors="replace").strip()
     if check and rc != 0:

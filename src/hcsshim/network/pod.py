@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from hcsshim import errdefs
 from hcsshim.network.errors import NetworkError
 from hcsshim.network.netns import Link, PodNetns, read_netns
 from hcsshim.network.portforward import Dial, PortForwardRelay
@@ -119,7 +120,9 @@ class PodNetwork:
         try:
             fd = await asyncio.to_thread(os.open, netns_path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise NetworkError(f"pod network namespace {netns_path} does not exist") from None
+            raise NetworkError(
+                f"pod network namespace {netns_path} does not exist", errdefs.Kind.NOT_FOUND
+            ) from None
         except OSError as e:
             raise NetworkError(f"pod network namespace {netns_path}: {e.strerror}") from None
         try:

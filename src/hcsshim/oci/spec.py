@@ -12,9 +12,13 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from hcsshim import errdefs
+
 
 class SpecError(ValueError):
     """A spec of the wrong shape; ``path`` names the field."""
+
+    kind = errdefs.Kind.INVALID_ARGUMENT
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"spec {path}: {reason}")

@@ -24,6 +24,8 @@ import types
 import typing
 from typing import Any, ClassVar, Self, TypeVar, Union, get_args, get_origin
 
+from hcsshim import errdefs
+
 __all__ = ["RawJSON", "SchemaError", "SchemaObject", "go_json_dumps", "j"]
 
 # A field typed RawJSON holds any JSON value (Go interface{} / json.RawMessage); schema objects in it
@@ -42,6 +44,8 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
 
 class SchemaError(ValueError):
     """A document that does not fit the schema; ``path`` names the field (``VirtualMachine.Chipset``)."""
+
+    kind = errdefs.Kind.INVALID_ARGUMENT
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path or '<document>'}: {reason}")

@@ -12,6 +12,7 @@ import os
 
 from google.protobuf import any_pb2
 
+from hcsshim import errdefs
 from hcsshim.api.containerd.runc.options import oci_pb2 as runc_options
 from hcsshim.shim.options import type_matches
 
@@ -20,7 +21,9 @@ RUNC_OPTIONS = runc_options.Options.DESCRIPTOR.full_name
 
 
 class ShimCgroupError(ValueError):
-    pass
+    """The runc options' shim_cgroup cannot be joined: the caller's input."""
+
+    kind = errdefs.Kind.INVALID_ARGUMENT
 
 
 def shim_cgroup(value: any_pb2.Any | None) -> str:

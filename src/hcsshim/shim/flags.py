@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hcsshim import errdefs
+
 BOOL_FLAGS = frozenset({"debug", "v", "version", "info"})
 VALUE_FLAGS = frozenset(
     {
@@ -27,6 +29,7 @@ VALUE_FLAGS = frozenset(
 
 
 class FlagError(ValueError):
+    kind = errdefs.Kind.INVALID_ARGUMENT
     pass
 
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from hcsshim import hcs, settings
 from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.builder import BootFiles, RuntimeOptions, build_lcow_container_document, build_lcow_uvm_v1
+from hcsshim.gcs.connection import ExitCallback, OomCallback
 from hcsshim.schema import ComputeSystem
 from hcsshim.shim.io import GuestStdio
 from hcsshim.uvm.document import boot_files_path
@@ -44,6 +45,7 @@ class Bridge(Protocol):
     ) -> None: ...
     async def shutdown_forced(self, container_id: str, *, timeout: float | None = ...) -> None: ...
     async def delete_container_state(self, container_id: str, *, timeout: float | None = ...) -> None: ...
+    async def dump_stacks(self, *, timeout: float | None = ...) -> str: ...
 
 
 class ExitInfoLike(Protocol):
@@ -51,13 +53,35 @@ class ExitInfoLike(Protocol):
     def reason(self) -> Any: ...
 
 
-class Host(Protocol):
-    """A running utility VM (``hcsshim.uvm.UtilityVM`` satisfies it)."""
+class Pausable(Protocol):
+    """What can freeze a whole pod: a UVM's compute system."""
 
-    id: str
+    async def pause(self) -> None: ...
+    async def resume(self) -> None: ...
+
+
+class Host(Protocol):
+    """A running pod host: a utility VM (``hcsshim.uvm.UtilityVM``) or the no-VM local agent
+    (``hcsshim.shim.local.LocalHost``). Everything the shim asks of one is here."""
 
     @property
-    def bridge(self) -> Any: ...
+    def id(self) -> str: ...
+    @property
+    def bridge(self) -> Bridge: ...
+    @property
+    def system(self) -> Pausable | None:
+        """The compute system to pause a task alone in its VM; None when there is no VM."""
+
+    @property
+    def bundle_root(self) -> str:
+        """Where container bundles go in the guest ("" for the agent's default, /run/gcs/c)."""
+
+    def adjust_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The container spec as this host's guest runs it."""
+
+    def subscribe(self, *, on_exit: ExitCallback | None = ..., on_oom: OomCallback | None = ...) -> None:
+        """Where the guest's container exits and OOM kills go."""
+
     async def add_plan9(self, host_path: str, read_only: bool = ...) -> str: ...
     async def remove_plan9(self, host_path: str) -> None: ...
     async def terminate(self) -> None: ...

@@ -22,6 +22,7 @@ from importlib import metadata
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
+from hcsshim import errdefs
 from hcsshim.api.containerd.types import introspection_pb2
 from hcsshim.shim.kind import PROCESS_V2, ShimKind
 from hcsshim.shim.options import OPTIONS_TYPE, TASK_API_VERSION, OptionsError, type_matches, unpack_options
@@ -36,6 +37,7 @@ ANNOTATION_FEATURES_SOURCE = "io.github.hcsshim.features-source"
 
 
 class InfoError(ValueError):
+    kind = errdefs.Kind.INVALID_ARGUMENT
     pass
 
 

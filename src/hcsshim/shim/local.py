@@ -24,6 +24,7 @@ from typing import Any
 from hcsshim import settings
 from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.gcs.bridge import BridgeClient
+from hcsshim.gcs.connection import ExitCallback, GuestConnection, OomCallback
 from hcsshim.hvsock.abi import NULL_CONTAINER_ID
 from hcsshim.hvsock.session import MuxSession, Role
 from hcsshim.hvsock.transports import StreamTransport
@@ -53,20 +54,32 @@ class LocalHost:
         self,
         host_id: str,
         process: asyncio.subprocess.Process,
-        session: MuxSession,
+        connection: GuestConnection,
         client: BridgeClient,
         workdir: str,
     ) -> None:
         self.id = host_id
         self.process = process
-        self.session = session
+        self.connection = connection
         self.client = client
         self.workdir = workdir
         self._exit = asyncio.ensure_future(process.wait())
 
     @property
-    def bridge(self) -> Any:
+    def session(self) -> MuxSession:
+        return self.connection.session
+
+    @property
+    def bridge(self) -> BridgeClient:
         return self.client
+
+    @property
+    def system(self) -> None:
+        """No VM: nothing to pause a pod with."""
+        return None
+
+    def subscribe(self, *, on_exit: ExitCallback | None = None, on_oom: OomCallback | None = None) -> None:
+        self.connection.subscribe(on_exit=on_exit, on_oom=on_oom)
 
     @property
     def bundle_root(self) -> str:
@@ -103,8 +116,7 @@ class LocalHost:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             await self._exit
-        await self.client.close()
-        await self.session.aclose("agent stopped")
+        await self.connection.close("agent stopped")
         await asyncio.to_thread(shutil.rmtree, self.workdir, ignore_errors=True)
 
     async def wait(self) -> int:
@@ -150,9 +162,11 @@ async def start_agent(host_id: str, workdir: str) -> LocalHost:
             os.unlink(sock_path)
     reader, writer = await asyncio.open_unix_connection(sock=conn, limit=1 << 20)
     session = MuxSession(StreamTransport(reader, writer), Role.HOST).start()
-    client = await BridgeClient.connect(session, timeout=CONNECT_TIMEOUT)
+    # The agent runs with --log-port 0: its log is agent.log, not a mux channel.
+    connection = GuestConnection(session, host_id)
+    client = await connection.connect(CONNECT_TIMEOUT)
     log.info("local agent ready", extra={"host": host_id, "pid": process.pid})
-    return LocalHost(host_id, process, session, client, workdir)
+    return LocalHost(host_id, process, connection, client, workdir)
 
 
 async def create_local_host(

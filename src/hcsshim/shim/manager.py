@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from google.protobuf import timestamp_pb2
 
-from hcsshim import settings
+from hcsshim import errdefs, settings
 from hcsshim.api.containerd.task.v2 import shim_pb2 as task_v2
 from hcsshim.shim.flags import Flags
 from hcsshim.shim.kind import RUNHCS_V1, ShimKind
@@ -44,7 +44,11 @@ ADDRESS_FILE = "address"
 
 
 class StartError(RuntimeError):
-    pass
+    """``start`` failed; ``kind`` says why (containerd reads the message from stderr)."""
+
+    def __init__(self, message: str, kind: errdefs.Kind) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def socket_path(grpc_address: str, namespace: str, group: str, socket_dir: str = "") -> str:
@@ -146,7 +150,9 @@ def _spawn_server(
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait()
-            raise StartError(f"shim server for {flags.id} failed to start: {status or 'exited'}")
+            raise StartError(
+                f"shim server for {flags.id} failed to start: {status or 'exited'}", errdefs.Kind.UNAVAILABLE
+            )
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -181,9 +187,15 @@ def _read_ready(fd: int, timeout: float) -> str:
 def start(flags: Flags, stdin_data: bytes, bundle: str, kind: ShimKind = RUNHCS_V1) -> bytes:
     """Everything ``start`` prints on stdout; raises on failure (the caller prints to stderr)."""
     if not flags.namespace:
-        raise StartError("shim namespace cannot be empty")
+        raise StartError(
+            "shim namespace cannot be empty",
+            errdefs.Kind.INVALID_ARGUMENT,
+        )
     if not flags.id:
-        raise StartError("shim id cannot be empty")
+        raise StartError(
+            "shim id cannot be empty",
+            errdefs.Kind.INVALID_ARGUMENT,
+        )
     start_input = decode_start_input(stdin_data, flags.id, flags.namespace)
     socket_dir = ""
     if start_input.bootstrap is not None and start_input.bootstrap.HasField("socket_dir"):
@@ -199,13 +211,17 @@ def start(flags: Flags, stdin_data: bytes, bundle: str, kind: ShimKind = RUNHCS_
         try:
             asyncio.run(_connect_shim(address, sandbox_id, flags.namespace))
         except Exception as exc:
-            raise StartError(f"connect to the shim of sandbox {sandbox_id} at {address}: {exc}") from exc
+            raise StartError(
+                f"connect to the shim of sandbox {sandbox_id} at {address}: {exc}", errdefs.Kind.UNAVAILABLE
+            ) from exc
     else:
         path = socket_path(grpc_address, flags.namespace, flags.id, socket_dir)
         address = "unix://" + path
         if os.path.exists(path):
             if _connectable(path):
-                raise StartError(f"a shim for {flags.id} already serves {address}")
+                raise StartError(
+                    f"a shim for {flags.id} already serves {address}", errdefs.Kind.ALREADY_EXISTS
+                )
             os.unlink(path)  # stale: its server died without cleaning up
         pid = _spawn_server(kind, flags, bundle, path, stdin_data, start_input)
         write_atomic(os.path.join(bundle, SHIM_PID_FILE), str(pid))

@@ -61,17 +61,17 @@ def register(uvm_id: str, net: PodNetwork) -> None:
 
 async def detach(host: Any) -> None:
     """Before the VM goes: the guest and QEMU let go of the NICs (bounded, best effort)."""
-    net = _networks.get(str(getattr(host, "id", "")))
+    net = _networks.get(host.id)
     if net is not None:
         await net.detach(host)
 
 
 async def release(host: Any) -> None:
     """After the VM is gone: taps and tc filters deleted, the namespace file closed."""
-    net = _networks.pop(str(getattr(host, "id", "")), None)
+    net = _networks.pop(host.id, None)
     if net is not None:
         await net.release()
 
 
 def network_of(host: Any) -> PodNetwork | None:
-    return _networks.get(str(getattr(host, "id", "")))
+    return _networks.get(host.id)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
+from hcsshim import errdefs
 from hcsshim.api.containerd.bootstrap.v1 import bootstrap_pb2
 from hcsshim.api.runhcs.options import runhcs_pb2
 
@@ -32,6 +33,7 @@ PROTOCOL = "ttrpc"
 
 
 class OptionsError(ValueError):
+    kind = errdefs.Kind.INVALID_ARGUMENT
     pass
 
 

@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
-from hcsshim.gcs.protocol import NotificationType
+from hcsshim import errdefs
+from hcsshim.gcs.connection import OomKill
 from hcsshim.shim import network
 from hcsshim.shim.host import Host
 from hcsshim.shim.process import State
@@ -28,7 +28,9 @@ log = logging.getLogger("hcsshim.shim.pod")
 
 
 class PodError(Exception):
-    pass
+    """The pod cannot take the request in its state (a task that cannot join, a dead UVM)."""
+
+    kind = errdefs.Kind.FAILED_PRECONDITION
 
 
 class Pod:
@@ -48,9 +50,8 @@ class Pod:
         self._on_host_exit = on_host_exit
         self._closing = False
         self._on_oom = on_oom
-        set_notify = getattr(host.bridge, "set_notify", None)
-        if callable(set_notify):
-            set_notify(self._on_notification)
+        # Exits are observed through WaitForProcess; OOM kills only come as notifications.
+        host.subscribe(on_oom=self._on_oom_kill)
         self._watch = asyncio.create_task(self._watch_host(), name=f"watch uvm {pod_id}")
 
     def check_joinable(self, task_id: str, role: Role, sandbox_id: str) -> None:
@@ -67,11 +68,9 @@ class Pod:
         if sandbox is None or sandbox.init.state is not State.RUNNING:
             raise PodError(f"sandbox task {self.id} is not running")
 
-    def _on_notification(self, body: dict[str, Any]) -> None:
-        """Bridge notifications (called from the bridge's reader, in order with the responses)."""
-        if body.get("Type") != NotificationType.OOM_KILLED:
-            return  # exits are observed through WaitForProcess
-        cid = str(body.get("ContainerId") or "")
+    def _on_oom_kill(self, event: OomKill) -> None:
+        """The guest's OOM kills (called from the bridge's reader, in order with the responses)."""
+        cid = event.container_id
         task = self.tasks.get(cid)
         if task is None:
             log.info("OOM kill in a container this pod does not know", extra={"pod": self.id, "task": cid})

@@ -41,10 +41,11 @@ class State(enum.Enum):
 class ProcessError(Exception):
     """A request that does not fit the process's state (→ FailedPrecondition / NotFound)."""
 
-    def __init__(self, message: str, *, not_found: bool = False) -> None:
+    def __init__(self, message: str, *, not_found: bool = False, kind: errdefs.Kind | None = None) -> None:
         super().__init__(message)
         self.not_found = not_found
-        self.kind = errdefs.Kind.NOT_FOUND if not_found else errdefs.Kind.FAILED_PRECONDITION
+        default = errdefs.Kind.NOT_FOUND if not_found else errdefs.Kind.FAILED_PRECONDITION
+        self.kind = kind or default
 
 
 ExitCallback = Callable[["Process"], None]

@@ -30,6 +30,7 @@ from hcsshim.hvsock.abi import NULL_CONTAINER_ID
 from hcsshim.shim.io import ProcessIO
 from hcsshim.shim.pod import Pod
 from hcsshim.ttrpc import Code, Context, MethodTable, Server, TtrpcError
+from hcsshim.ttrpc.status import from_exception
 from hcsshim.uvm.utility_vm import UtilityVM
 
 log = logging.getLogger("hcsshim.shim.diag")
@@ -92,7 +93,7 @@ class DiagService:
             guest = await bridge.execute_process(NULL_CONTAINER_ID, params)
         except Exception as exc:
             await io.close()
-            raise TtrpcError(Code.UNKNOWN, f"DiagExecInHost {list(req.args)}: {exc}") from exc
+            raise TtrpcError(from_exception(exc).code, f"DiagExecInHost {list(req.args)}: {exc}") from exc
         io.attach(guest)
         try:
             code = int(await bridge.wait_process(NULL_CONTAINER_ID, guest.pid, timeout=0))
@@ -182,8 +183,10 @@ async def _guest_output(vm: UtilityVM, args: list[str]) -> str:
     }
     proc = await vm.bridge.execute_process(NULL_CONTAINER_ID, params)
     chunks: list[bytes] = []
+    stdout = proc.stdout
+    assert stdout is not None  # CreateStdOutPipe
     try:
-        while data := await asyncio.wait_for(proc.stdout.read(), OUTPUT_DRAIN_TIMEOUT):
+        while data := await asyncio.wait_for(stdout.read(), OUTPUT_DRAIN_TIMEOUT):
             chunks.append(data)
         code = await vm.bridge.wait_process(NULL_CONTAINER_ID, proc.pid, timeout=OUTPUT_DRAIN_TIMEOUT)
     finally:

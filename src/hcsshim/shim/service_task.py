@@ -23,23 +23,20 @@ from typing import Any, Protocol
 from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from hcsshim.annotations import AnnotationError
 from hcsshim.api.containerd.events import task_pb2 as events
 from hcsshim.api.containerd.runc.options import oci_pb2 as runc_options
 from hcsshim.api.containerd.task.v2 import shim_pb2 as v2
-from hcsshim.api.containerd.task.v3 import shim_pb2 as v3
 from hcsshim.api.containerd.types.task import task_pb2 as task_types
 from hcsshim.api.runhcs.options import runhcs_pb2
-from hcsshim.network import NetworkError
 from hcsshim.shim import cgroup
 from hcsshim.shim.cgroup import shim_cgroup
-from hcsshim.shim.host import HostFactory
+from hcsshim.shim.host import HostFactory, Pausable
 from hcsshim.shim.io import ProcessIO
 from hcsshim.shim.options import options_from_any
-from hcsshim.shim.pod import Pod, PodError
+from hcsshim.shim.pod import Pod
 from hcsshim.shim.process import Process, State
 from hcsshim.shim.rootfs import MountSpec
-from hcsshim.shim.spec import SpecError, read_spec, role_and_sandbox
+from hcsshim.shim.spec import read_spec, role_and_sandbox
 from hcsshim.shim.stats import container_metrics
 from hcsshim.shim.task import Task
 from hcsshim.ttrpc import Code, Context, MethodTable, Server, TtrpcError
@@ -65,16 +62,6 @@ def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp:
     if seconds is not None:
         ts.FromNanoseconds(int(seconds * 1e9))
     return ts
-
-
-def _map_errors(exc: Exception) -> TtrpcError:
-    if isinstance(exc, (SpecError, AnnotationError)):
-        # The caller's input is wrong (config.json, an annotation): containerd shows it as such.
-        return TtrpcError(Code.INVALID_ARGUMENT, str(exc))
-    if isinstance(exc, (PodError, NetworkError)):
-        return TtrpcError(Code.FAILED_PRECONDITION, str(exc))
-    # Everything else keeps the kind its layer gave it (errdefs), mapped in one place.
-    return from_exception(exc)
 
 
 class TaskService:
@@ -104,29 +91,28 @@ class TaskService:
         self.events.publish(topic_for(event), event, namespace=self.namespace)
 
     def register(self, server: Server) -> None:
-        handlers: dict[str, tuple[str, Callable[[Context, Any], Awaitable[Message]]]] = {
-            "State": ("StateRequest", self.state),
-            "Create": ("CreateTaskRequest", self.create),
-            "Start": ("StartRequest", self.start),
-            "Delete": ("DeleteRequest", self.delete),
-            "Pids": ("PidsRequest", self.pids),
-            "Pause": ("PauseRequest", self.pause),
-            "Resume": ("ResumeRequest", self.resume),
-            "Checkpoint": ("CheckpointTaskRequest", self.checkpoint),
-            "Kill": ("KillRequest", self.kill),
-            "Exec": ("ExecProcessRequest", self.exec),
-            "ResizePty": ("ResizePtyRequest", self.resize_pty),
-            "CloseIO": ("CloseIORequest", self.close_io),
-            "Update": ("UpdateTaskRequest", self.update),
-            "Wait": ("WaitRequest", self.wait),
-            "Stats": ("StatsRequest", self.stats),
-            "Connect": ("ConnectRequest", self.connect),
-            "Shutdown": ("ShutdownRequest", self.shutdown),
+        # v3's messages are wire-identical to v2's: one set of request types decodes both services.
+        handlers: dict[str, tuple[type[Message], Callable[[Context, Any], Awaitable[Message]]]] = {
+            "State": (v2.StateRequest, self.state),
+            "Create": (v2.CreateTaskRequest, self.create),
+            "Start": (v2.StartRequest, self.start),
+            "Delete": (v2.DeleteRequest, self.delete),
+            "Pids": (v2.PidsRequest, self.pids),
+            "Pause": (v2.PauseRequest, self.pause),
+            "Resume": (v2.ResumeRequest, self.resume),
+            "Checkpoint": (v2.CheckpointTaskRequest, self.checkpoint),
+            "Kill": (v2.KillRequest, self.kill),
+            "Exec": (v2.ExecProcessRequest, self.exec),
+            "ResizePty": (v2.ResizePtyRequest, self.resize_pty),
+            "CloseIO": (v2.CloseIORequest, self.close_io),
+            "Update": (v2.UpdateTaskRequest, self.update),
+            "Wait": (v2.WaitRequest, self.wait),
+            "Stats": (v2.StatsRequest, self.stats),
+            "Connect": (v2.ConnectRequest, self.connect),
+            "Shutdown": (v2.ShutdownRequest, self.shutdown),
         }
-        for service, module in ((SERVICE_V2, v2), (SERVICE_V3, v3)):
-            table: MethodTable = {
-                name: (getattr(module, req), self._wrap(fn)) for name, (req, fn) in handlers.items()
-            }
+        table: MethodTable = {name: (req, self._wrap(fn)) for name, (req, fn) in handlers.items()}
+        for service in (SERVICE_V2, SERVICE_V3):
             server.register(service, table)
 
     @staticmethod
@@ -139,7 +125,8 @@ class TaskService:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                err = _map_errors(exc)
+                # Every layer's error carries its kind (hcsshim.errdefs); ttrpc.status maps it.
+                err = from_exception(exc)
                 if err.code == Code.UNKNOWN:
                     log.exception("task call failed", extra={"method": ctx.method})
                 raise err from exc
@@ -382,10 +369,10 @@ class TaskService:
         self.publish(events.TaskResumed(container_id=req.id))
         return empty_pb2.Empty()
 
-    def _own_system(self, task: Task, what: str) -> Any:
+    def _own_system(self, task: Task, what: str) -> Pausable:
         # Linux guests cannot freeze one container through the bridge; a task alone in its UVM is paused
         # by pausing the VM, which is exactly that task.
-        system = getattr(task.host, "system", None)
+        system = task.host.system
         pod = self.pod
         if not task.owns_host or pod is None or len(pod.tasks) != 1 or system is None:
             raise TtrpcError(Code.UNIMPLEMENTED, f"{what} is only supported for a task alone in its UVM")
@@ -396,8 +383,14 @@ class TaskService:
 
     async def update(self, ctx: Context, req: v2.UpdateTaskRequest) -> empty_pb2.Empty:
         task = self._task(req.id)
+        if req.annotations:
+            # Nothing here reads a running task's annotations again: changing them would be a no-op.
+            raise TtrpcError(
+                Code.UNIMPLEMENTED,
+                f"Update: annotations {sorted(req.annotations)} cannot change on a running task",
+            )
         if not req.HasField("resources") or not req.resources.value:
-            return empty_pb2.Empty()
+            return empty_pb2.Empty()  # nothing asked
         if not req.resources.type_url.endswith("LinuxResources"):
             raise TtrpcError(Code.INVALID_ARGUMENT, f"unsupported resources type {req.resources.type_url}")
         try:

@@ -7,13 +7,16 @@ import json
 import os
 from typing import Any
 
-from hcsshim import oci
+from hcsshim import errdefs, oci
 
 CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 
 
 class SpecError(ValueError):
+    """config.json or its annotations are wrong: the caller's input."""
+
+    kind = errdefs.Kind.INVALID_ARGUMENT
     pass
 
 

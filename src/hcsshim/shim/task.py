@@ -15,11 +15,11 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from hcsshim import errdefs
 from hcsshim.gcs.protocol import INIT_PROCESS_ID_KEY
 from hcsshim.shim.host import Host, container_document
 from hcsshim.shim.io import ProcessIO
 from hcsshim.shim.lcow_rootfs import LcowRootfs, find_layers
-from hcsshim.shim.network import guest_spec
 from hcsshim.shim.process import Process, ProcessError, State
 from hcsshim.shim.rootfs import MountSpec, mount_all, unmount
 from hcsshim.shim.spec import Role
@@ -67,11 +67,10 @@ class Task:
         try:
             root_guest = await self._share_rootfs(rootfs)
             spec = await self._share_bind_mounts(self.spec)
-            # Hosts that are not UVMs (the local agent) adjust the spec and place bundles themselves.
-            adjust = getattr(self.host, "adjust_spec", None)
-            # A UVM's guest joins its own pod netns, never the host's path.
-            spec = adjust(spec) if adjust is not None else guest_spec(spec)
-            bundle_root = str(getattr(self.host, "bundle_root", "") or "")
+            # A UVM's guest joins its own pod netns, never the host's path; the local agent keeps the
+            # host's OOM score floor and places bundles in its own state directory.
+            spec = self.host.adjust_spec(spec)
+            bundle_root = self.host.bundle_root
             bundle = f"{bundle_root}/{self.id}" if bundle_root else ""
             document = container_document(self.id, spec, root_guest, bundle)
             response = await self.host.bridge.create_container(self.id, document)
@@ -89,7 +88,7 @@ class Task:
         if layers is not None:
             # lcow snapshotter: disks into the UVM, overlay in the guest, nothing on the host.
             self._lcow = LcowRootfs(self.host, self.id)
-            bundle_root = str(getattr(self.host, "bundle_root", "") or "")
+            bundle_root = self.host.bundle_root
             return await self._lcow.attach(layers, f"{bundle_root}/{self.id}" if bundle_root else "")
         if rootfs:
             target = os.path.join(self.bundle, "rootfs")
@@ -115,7 +114,10 @@ class Task:
             if m.get("destination") in GUEST_PROVIDED:
                 continue
             if not os.path.exists(source):
-                raise ProcessError(f"bind mount source {source} does not exist on the host")
+                raise ProcessError(
+                    f"bind mount source {source} does not exist on the host",
+                    kind=errdefs.Kind.INVALID_ARGUMENT,
+                )
             # CRI's pod files share one directory that the sandbox binds read-only and containers
             # read-write; the share is read-write and each bind mount keeps its own "ro".
             read_only = "ro" in options and m.get("destination") not in CRI_POD_FILES
@@ -174,7 +176,10 @@ class Task:
 
     def add_exec(self, exec_id: str, io: ProcessIO, oci_process: dict[str, Any]) -> Process:
         if exec_id in self.execs:
-            raise KeyError(exec_id)
+            raise ProcessError(
+                f"exec {exec_id} already exists in task {self.id}",
+                kind=errdefs.Kind.ALREADY_EXISTS,
+            )
         if self.init.state is not State.RUNNING:
             raise ProcessError(f"task {self.id} is {self.init.state.value}, cannot exec")
         proc = Process(

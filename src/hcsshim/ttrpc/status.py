@@ -78,7 +78,12 @@ class ConnectionClosedError(TtrpcError):
 
 
 def from_exception(exc: BaseException) -> TtrpcError:
-    """The one mapping from an error of any layer to the status a ttrpc caller sees."""
+    """The one mapping from an error of any layer to the status a ttrpc caller sees. Never raises:
+    an exception whose ``__str__`` fails is named by its type."""
     if isinstance(exc, TtrpcError):
         return exc
-    return TtrpcError(KIND_CODES[errdefs.kind_of(exc)], str(exc) or type(exc).__name__)
+    try:
+        message = str(exc)
+    except Exception:
+        message = ""
+    return TtrpcError(KIND_CODES[errdefs.kind_of(exc)], message or type(exc).__name__)

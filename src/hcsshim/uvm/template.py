@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from hcsshim import errdefs
 from hcsshim.hcs import ErrNotSupported, HcsError, document_to_dict, template_key
 from hcsshim.uvm.document import boot_files_path, watch_guest_loops
 from hcsshim.uvm.errors import UvmError
@@ -39,6 +40,8 @@ FAILED_RETRY_AFTER = 600.0
 
 class TemplateUnavailable(Exception):
     """This configuration cannot be templated (an earlier build failed, and says why)."""
+
+    kind = errdefs.Kind.UNAVAILABLE
 
 
 def default_root() -> str:

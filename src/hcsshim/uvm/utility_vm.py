@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
 import time
 import uuid
-from typing import Any, Protocol
+from typing import Any
 
+from hcsshim import errdefs, settings
 from hcsshim import hvsock as mux
-from hcsshim import settings
+from hcsshim.gcs.bridge import BridgeClient
+from hcsshim.gcs.connection import ExitCallback, GuestConnection, OomCallback
 from hcsshim.hcs import (
     ComputeSystem,
     ErrNotSupported,
@@ -26,13 +27,13 @@ from hcsshim.hcs import (
 from hcsshim.hvsock import clone
 from hcsshim.hvsock.abi import (
     BRIDGE_PORT,
-    LOG_PORT,
     NULL_CONTAINER_ID,
     SCSI_CONTROLLER_GUIDS,
     RequestType,
     ResourceType,
     scsi_controller_index,
 )
+from hcsshim.network import guest_network_spec
 from hcsshim.uvm.document import default_lcow_document, watch_guest_loops
 from hcsshim.uvm.errors import UvmError
 from hcsshim.uvm.plan9 import Plan9Mount, Plan9Names
@@ -41,17 +42,6 @@ from hcsshim.uvm.scsi import ScsiMount, ScsiSlots
 log = logging.getLogger(__name__)
 
 EXIT_GRACE = 2.0
-
-
-class Bridge(Protocol):
-    async def modify_settings(self, request: dict[str, Any], container_id: str = ...) -> Any: ...
-    async def fail(self, reason: str) -> None: ...
-
-
-def _connect_bridge_fn() -> Any:
-    from hcsshim.gcs.bridge import BridgeClient
-
-    return BridgeClient.connect
 
 
 class _VmTransport:
@@ -88,27 +78,17 @@ class _VmTransport:
         self.inner.close()
 
 
-_GUEST_LEVELS = {"warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
-
-
-def _guest_line_level(text: str) -> int:
-    """The level a guest log line is relayed at: its own when it is a warning or worse (a stall, a
-    slow callback, a failed mount belong in the shim's log), debug otherwise."""
-    if text.startswith("{") and '"level"' in text:
-        with contextlib.suppress(ValueError, AttributeError):
-            return _GUEST_LEVELS.get(json.loads(text).get("level", ""), logging.DEBUG)
-    return logging.DEBUG
-
-
 class UtilityVM:
     def __init__(self, uvm_id: str, system: ComputeSystem, document: dict[str, Any]) -> None:
         self.id = uvm_id
         self.system = system
         self.document = document
         self.session: mux.MuxSession | None = None
-        self._bridge: Any = None
+        self.connection: GuestConnection | None = None
+        self._bridge: BridgeClient | None = None
         self._exit_task: asyncio.Task[None] | None = None
-        self._log_task: asyncio.Task[None] | None = None
+        self._on_guest_exit: ExitCallback | None = None
+        self._on_guest_oom: OomCallback | None = None
         self._lock = asyncio.Lock()
         devices = document.get("VirtualMachine", {}).get("Devices", {})
         controllers: dict[int, str] = {}
@@ -120,7 +100,6 @@ class UtilityVM:
         self.scsi = ScsiSlots(controllers, taken)
         shares = (devices.get("Plan9") or {}).get("Shares") or []
         self.plan9 = Plan9Names({str(s.get("Name")) for s in shares})
-        self.guest_log: list[str] = []
         self.machine_id = ""
 
     # ---- lifetime --------------------------------------------------------------------------------
@@ -137,9 +116,37 @@ class UtilityVM:
         return cls(uvm_id, system, doc)
 
     @property
-    def bridge(self) -> Any:
+    def guest_log(self) -> list[str]:
+        """The agent's last log lines (its log channel), newest last."""
+        return self.connection.guest_log if self.connection is not None else []
+
+    # Where a container's bundle and spec go in the guest: the agent's default root (/run/gcs/c).
+    bundle_root = ""
+
+    def adjust_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A container spec as this guest runs it: in the pod's own network namespace, never a host path."""
+        return guest_network_spec(spec)
+
+    def subscribe(self, *, on_exit: ExitCallback | None = None, on_oom: OomCallback | None = None) -> None:
+        """Where the guest's container exits and OOM kills go (typed events from the connection)."""
+        self._on_guest_exit, self._on_guest_oom = on_exit, on_oom
+        if self.connection is not None:
+            self.connection.subscribe(on_exit=on_exit, on_oom=on_oom)
+
+    @property
+    def oom_notifications(self) -> bool:
+        """Whether the guest reports OOM kills (negotiated)."""
+        return self.connection is not None and self.connection.oom_notifications
+
+    @property
+    def bridge(self) -> BridgeClient:
         if self._bridge is None:
-            raise UvmError(self.id, "bridge", "the guest connection is not established (start() first)")
+            raise UvmError(
+                self.id,
+                "bridge",
+                "the guest connection is not established (start() first)",
+                kind=errdefs.Kind.FAILED_PRECONDITION,
+            )
         return self._bridge
 
     async def start(self, timeout: float | None = None) -> None:
@@ -150,26 +157,28 @@ class UtilityVM:
         try:
             transport = await self.system.open_guest_transport()
         except ErrNotSupported as e:
-            raise UvmError(self.id, "start", f"no guest transport: {e}") from e
+            raise UvmError(
+                self.id,
+                "start",
+                f"no guest transport: {e}",
+                kind=errdefs.Kind.NOT_IMPLEMENTED,
+            ) from e
         address = self.system.hvsocket_address  # for messages
         self.session = mux.MuxSession(_VmTransport(transport, self), mux.Role.HOST).start()
+        connection = self.connection = GuestConnection(self.session, self.id)
+        connection.subscribe(on_exit=self._on_guest_exit, on_oom=self._on_guest_oom)
         # Listen before the guest can dial (upstream: PrepareConnection before Start).
-        log_listener = await self.session.listen(LOG_PORT)
-        bridge_listener = await self.session.listen(BRIDGE_PORT)
-        self._log_task = asyncio.create_task(self._drain_guest_log(log_listener))
+        await connection.listen(guest_log=True)
         await self.system.start()
         self._exit_task = asyncio.create_task(self._on_exit())
-        connect = asyncio.ensure_future(
-            self._connect_clone(bridge_listener, timeout)
-            if self.restored
-            else _connect_bridge_fn()(self.session, timeout=timeout, listener=bridge_listener)
-        )
+        before = (lambda: self._send_identity(timeout)) if self.restored else None
+        connect = asyncio.ensure_future(connection.connect(timeout, before=before))
         exited = asyncio.ensure_future(self.system.wait())
         try:
             await asyncio.wait({connect, exited}, timeout=timeout + 1, return_when=asyncio.FIRST_COMPLETED)
         finally:
             exited.cancel()
-            bridge_listener.close()
+            connection.close_listener()
         if connect.done() and not connect.cancelled() and connect.exception() is None:
             self._bridge = connect.result()
             self._bridge.on_timeout = self.diagnose_stall
@@ -189,16 +198,20 @@ class UtilityVM:
                 "start",
                 f"the VM exited before the guest agent connected: {why}; console tail: {tail!r}"
                 + (f"; QEMU's log: {qemu_log!r}" if qemu_log else ""),
+                kind=errdefs.Kind.UNAVAILABLE,
             )
         console = self._console_tail()
         await self.terminate()
         timed_out = err is None or isinstance(err, TimeoutError)
         what = f"timed out after {timeout:.0f}s" if timed_out else f"failed: {err}"
+        # A stalled agent is DeadlineExceeded; one that failed says its own kind (Unavailable if none).
+        kind = errdefs.Kind.DEADLINE_EXCEEDED if timed_out or err is None else errdefs.kind_of(err)
         raise UvmError(
             self.id,
             "start",
             f"waiting for the guest agent to dial and negotiate the bridge {what} "
             f"(mux port 0x{BRIDGE_PORT:x} over {address}); console tail: {console[-600:]!r}",
+            kind=errdefs.Kind.UNAVAILABLE if kind is errdefs.Kind.UNKNOWN else kind,
         ) from err
 
     @property
@@ -206,7 +219,7 @@ class UtilityVM:
         """Created from a template (VirtualMachine.RestoreState) rather than booted."""
         return bool((self.document.get("VirtualMachine") or {}).get("RestoreState"))
 
-    async def _connect_clone(self, bridge_listener: mux.Listener, timeout: float) -> Any:
+    async def _send_identity(self, timeout: float) -> None:
         """A clone's agent waits for its identity (hvsock/clone.py) before it dials the bridge."""
         assert self.session is not None
         ch = await self.session.dial(clone.RESUME_PORT, timeout=timeout)
@@ -228,9 +241,13 @@ class UtilityVM:
             ch.close()
         error = clone.decode_ack(answer)
         if error:
-            raise UvmError(self.id, "start", f"the clone refused its identity: {error}")
+            raise UvmError(
+                self.id,
+                "start",
+                f"the clone refused its identity: {error}",
+                kind=errdefs.Kind.FAILED_PRECONDITION,
+            )
         self.machine_id = identity.machine_id
-        return await _connect_bridge_fn()(self.session, timeout=timeout, listener=bridge_listener)
 
     def hostname(self) -> str:
         """The guest's host name as its kernel command line sets it (image_init's hcsshim.hostname)."""
@@ -248,12 +265,11 @@ class UtilityVM:
         nonce = secrets.token_hex(8)
         await self.bridge.modify_settings(clone.prepare_request(nonce))
         bridge, self._bridge = self._bridge, None
-        assert self.session is not None
+        assert self.session is not None and bridge is not None and self.connection is not None
         # Only the transport goes: a bridge close would reach the agent first and make it redial.
         await self.session.aclose("hung up for the template save")
         await bridge.close()
-        if self._log_task is not None:
-            self._log_task.cancel()
+        self.connection.stop_log()
         marker = clone.ready_line(nonce)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ready_timeout
@@ -264,6 +280,9 @@ class UtilityVM:
                     "save_as_template",
                     f"the agent did not report {marker!r} on the console within {ready_timeout:.0f}s "
                     f"({self.exit_reason()}); console tail: {self._console_tail()[-600:]!r}",
+                    kind=errdefs.Kind.UNAVAILABLE
+                    if self.system.exit_info is not None
+                    else errdefs.Kind.DEADLINE_EXCEEDED,
                 )
             await asyncio.sleep(0.05)
         await self.system.save({"SaveType": "AsTemplate", "SaveStateFilePath": directory})
@@ -276,25 +295,14 @@ class UtilityVM:
         return diagnosis.verdict
 
     def _console_tail(self) -> str:
-        path = getattr(getattr(self.system, "paths", None), "console", "")
+        path = self.system.console_path
+        if not path:
+            return ""
         try:
             with open(path, errors="replace") as f:
                 return f.read()[-2000:]
         except OSError:
             return ""
-
-    async def _drain_guest_log(self, listener: mux.Listener) -> None:
-        with contextlib.suppress(Exception):
-            ch = await listener.accept()
-            buf = b""
-            while chunk := await ch.read():
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    text = line.decode(errors="replace")
-                    self.guest_log.append(text)
-                    del self.guest_log[:-500]
-                    log.log(_guest_line_level(text), "guest", extra={"id": self.id, "line": text})
 
     def exit_reason(self) -> str:
         info = self.system.exit_info
@@ -322,11 +330,11 @@ class UtilityVM:
             extra={"id": self.id, "reason": reason},
         )
         await self._fail_bridge()
+        if self.connection is not None:
+            self.connection.stop_log()
         if self.session is not None:
             with contextlib.suppress(Exception):
                 await self.session.aclose(reason)
-        if self._log_task is not None:
-            self._log_task.cancel()
 
     async def terminate(self) -> None:
         await self.system.terminate()
@@ -380,14 +388,22 @@ class UtilityVM:
             if existing is not None:
                 if existing.read_only != read_only:
                     raise UvmError(
-                        self.id, "add_scsi", f"{host_path} is already attached with ro={existing.read_only}"
+                        self.id,
+                        "add_scsi",
+                        f"{host_path} is already attached with ro={existing.read_only}",
+                        kind=errdefs.Kind.ALREADY_EXISTS,
                     )
                 existing.refs += 1
                 return existing
             try:
                 index, guid, lun = self.scsi.allocate()
             except LookupError as e:
-                raise UvmError(self.id, "add_scsi", str(e)) from e
+                raise UvmError(
+                    self.id,
+                    "add_scsi",
+                    str(e),
+                    kind=errdefs.Kind.FAILED_PRECONDITION,
+                ) from e
             m = ScsiMount(host_path, index, guid, lun, read_only)
             try:
                 await self.system.modify(
@@ -431,7 +447,12 @@ class UtilityVM:
         async with self._lock:
             m = self.scsi.by_path.get(host_path)
             if m is None:
-                raise UvmError(self.id, "remove_scsi", f"{host_path} is not attached")
+                raise UvmError(
+                    self.id,
+                    "remove_scsi",
+                    f"{host_path} is not attached",
+                    kind=errdefs.Kind.NOT_FOUND,
+                )
             m.refs -= 1
             if m.refs > 0:
                 return
@@ -452,7 +473,10 @@ class UtilityVM:
             if existing is not None:
                 if existing.read_only != read_only:
                     raise UvmError(
-                        self.id, "add_plan9", f"{host_path} is already shared with ro={existing.read_only}"
+                        self.id,
+                        "add_plan9",
+                        f"{host_path} is already shared with ro={existing.read_only}",
+                        kind=errdefs.Kind.ALREADY_EXISTS,
                     )
                 existing.refs += 1
                 return existing.guest_path
@@ -473,7 +497,12 @@ class UtilityVM:
         async with self._lock:
             m = self.plan9.by_path.get(host_path)
             if m is None:
-                raise UvmError(self.id, "remove_plan9", f"{host_path} is not shared")
+                raise UvmError(
+                    self.id,
+                    "remove_plan9",
+                    f"{host_path} is not shared",
+                    kind=errdefs.Kind.NOT_FOUND,
+                )
             m.refs -= 1
             if m.refs > 0:
                 return
@@ -522,7 +551,12 @@ class UtilityVM:
     # ---- VPMem -------------------------------------------------------------------------------------
 
     async def add_vpmem(self, host_path: str) -> str:
-        raise UvmError(self.id, "add_vpmem", "VPMem is not supported by the qemu backend; use add_scsi")
+        raise UvmError(
+            self.id,
+            "add_vpmem",
+            "VPMem is not supported by the qemu backend; use add_scsi",
+            kind=errdefs.Kind.NOT_IMPLEMENTED,
+        )
 
 
 __all__ = ["SCSI_CONTROLLER_GUIDS", "UtilityVM"]

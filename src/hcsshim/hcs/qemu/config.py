@@ -6,12 +6,16 @@ nothing behind and the error names the field (a JSON path) that is wrong."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hcsshim.hcs.errors import ErrInvalidData, ErrNotSupported
 from hcsshim.hvsock.abi import (
+    PLAN9_FLAG_CASE_SENSITIVE,
+    PLAN9_FLAG_LINUX_METADATA,
     PLAN9_FLAG_READ_ONLY,
+    PLAN9_FLAG_UNLIMITED_CONNECTIONS,
     SCSI_CONTROLLERS,
     SCSI_LUNS_PER_CONTROLLER,
     scsi_controller_index,
@@ -115,9 +119,123 @@ class _Reader:
         return path
 
 
+# ---- what this backend realizes -------------------------------------------------------------------
+#
+# Every section and field of a document is either realized (listed below), or refused with
+# ErrNotSupported naming its path: never dropped. A field at its neutral value (absent, null, false,
+# 0, "", [] or {}) asks for nothing and passes, which is how the builders' defaults for the documents
+# our shims send get through: Go's omitempty leaves these out, so a neutral value means "unset".
+# The sections named in _PRESENCE are the exception: their mere presence ({}) asks for a device.
+
+Accept = Callable[[Any], bool]
+Shape = dict[str, "Shape | Accept"]
+
+
+def _any(value: Any) -> bool:
+    return True
+
+
+def _is(*allowed: Any) -> Accept:
+    return lambda value: value in allowed
+
+
+_PRESENCE = frozenset({"Keyboard", "Mouse", "EnhancedModeVideo", "GuestCrashReporting", "Battery"})
+
+# The VirtualMachine sections parse_document reads itself (and whose own checks name the fields).
+_READ_BY_PARSER: Accept = _any
+
+_HV_SOCKET: Shape = {
+    "HvSocketConfig": {
+        # The builders' default descriptor (SYSTEM and Administrators) has nothing to apply to here:
+        # the guest transport is a socket in the VM's 0700 state directory, reachable by its owner only.
+        "DefaultBindSecurityDescriptor": _any,
+        "DefaultConnectSecurityDescriptor": _any,
+        # ServiceTable (extra hvsock services from annotations) is refused: there is no per-service
+        # hvsock endpoint to configure.
+    },
+}
+
+_SHAPE: Shape = {
+    "Owner": _any,
+    "SchemaVersion": _any,
+    # The VM lives as long as its owner holds it: Close terminates it, orphans are cleaned up.
+    "ShouldTerminateOnLastHandleClosed": _any,
+    "VirtualMachine": {
+        # -no-reboot: a guest reset is a QEMU exit, which is what StopOnReset asks for.
+        "StopOnReset": _is(True, False),
+        "Chipset": {
+            "LinuxKernelDirect": {"KernelFilePath": _any, "InitRdPath": _any, "KernelCmdLine": _any},
+            "Uefi": _READ_BY_PARSER,
+            # QEMU's RTC runs in UTC.
+            "UseUtc": _is(True, False),
+        },
+        "ComputeTopology": {
+            "Memory": {
+                "SizeInMB": _any,
+                # QEMU's guest RAM is anonymous memory committed on first touch: overcommitted and
+                # deferred, as these ask; false (fully backed) is their neutral value and omitted.
+                "AllowOvercommit": _is(True, False),
+                "EnableDeferredCommit": _is(True, False),
+                "Backing": _is("Virtual", None, ""),
+            },
+            "Processor": {"Count": _any},
+        },
+        "Devices": {
+            "Scsi": _READ_BY_PARSER,
+            "VirtualPMem": _READ_BY_PARSER,
+            "Plan9": _READ_BY_PARSER,
+            "NetworkAdapters": _READ_BY_PARSER,
+            "HvSocket": _HV_SOCKET,
+        },
+        "RestoreState": {"SaveStateFilePath": _any, "TemplateSystemId": _any},
+        "SaveableAsTemplate": {"SaveStateFilePath": _any},
+    },
+}
+
+_ATTACHMENT: Shape = {"Type": _any, "Path": _any, "ReadOnly": _is(True, False)}
+PMEM_DEVICE_SHAPE: Shape = {
+    "HostPath": _any,
+    "ReadOnly": _is(True, False),
+    # A fixed VHD is its ext4 image followed by a 512-byte footer the guest never reads.
+    "ImageFormat": _is("Vhd1", "", None),
+}
+_PMEM_CONTROLLER: Shape = {"Devices": _any, "MaximumCount": _any, "MaximumSizeBytes": _any}
+_PLAN9_SHARE: Shape = {
+    "Name": _any,
+    "Path": _any,
+    "Flags": _any,  # checked bit by bit in parse_plan9_share
+    "ReadOnly": _is(True, False),
+    # Every share travels over the one virtio-9p device; Hyper-V's vsock port has no meaning here.
+    "Port": _any,
+    "AccessName": _any,  # must equal Name, checked in parse_plan9_share
+}
+_PLAN9: Shape = {"Shares": _any}
+
+
+def _neutral(value: Any) -> bool:
+    return value is None or value is False or value in ("", [], {}) or (type(value) is int and value == 0)
+
+
+def refuse_unrealized(r: _Reader, node: Any, shape: Shape, where: str) -> None:
+    """ErrNotSupported naming the first field of `node` the backend cannot realize."""
+    if not isinstance(node, dict):
+        return  # the parser names a value of the wrong type
+    for key, value in node.items():
+        path = f"{where}.{key}" if where else key
+        rule = shape.get(key)
+        if rule is None:
+            if key in _PRESENCE or not _neutral(value):
+                raise ErrNotSupported(r.op, r.system_id, f"{path} is not supported by the qemu backend")
+        elif isinstance(rule, dict):
+            refuse_unrealized(r, value, rule, path)
+        elif not rule(value):
+            raise ErrNotSupported(r.op, r.system_id, f"{path}={value!r} is not supported by the qemu backend")
+
+
 def parse_attachment(r: _Reader, att: Any, where: str) -> Disk:
     if not isinstance(att, dict):
         raise r.fail(where, "must be an object")
+    refuse_unrealized(r, att, _ATTACHMENT, where)
     kind = att.get("Type", "VirtualDisk")
     if kind not in ("VirtualDisk", "PassThru"):
         raise ErrNotSupported(
@@ -155,16 +273,38 @@ def fixed_vhd_data_size(path: str) -> int | None:
     return end - _VHD_FOOTER
 
 
+# Flags a Linux host's virtio-9p export already behaves as: the host fs keeps Linux metadata and is
+# case sensitive, and one device has no connection limit. RestrictFileAccess (AllowedFiles) is not.
+_PLAN9_REALIZED_FLAGS = (
+    PLAN9_FLAG_READ_ONLY
+    | PLAN9_FLAG_LINUX_METADATA
+    | PLAN9_FLAG_CASE_SENSITIVE
+    | PLAN9_FLAG_UNLIMITED_CONNECTIONS
+)
+
+
 def parse_plan9_share(r: _Reader, share: Any, where: str) -> Plan9ShareConfig:
     if not isinstance(share, dict):
         raise r.fail(where, "must be an object")
+    refuse_unrealized(r, share, _PLAN9_SHARE, where)
     name = r.str_(share, "Name", where, required=True)
     if "/" in name or name in (".", ".."):
         raise r.fail(f"{where}.Name", f"{name!r} is not a valid share name")
+    access = r.str_(share, "AccessName", where)
+    if access and access != name:
+        raise ErrNotSupported(
+            r.op, r.system_id, f"{where}.AccessName {access!r} other than Name {name!r} is not supported"
+        )
     path = r.str_(share, "Path", where, required=True)
     if not os.path.exists(path):
         raise r.fail(f"{where}.Path", f"{path!r} does not exist")
     flags = r.int_(share, "Flags", where, 0)
+    if flags & ~_PLAN9_REALIZED_FLAGS:
+        raise ErrNotSupported(
+            r.op,
+            r.system_id,
+            f"{where}.Flags 0x{flags & ~_PLAN9_REALIZED_FLAGS:x} is not supported by the qemu backend",
+        )
     read_only = bool(share.get("ReadOnly", False)) or bool(flags & PLAN9_FLAG_READ_ONLY)
     return Plan9ShareConfig(name=name, path=path, read_only=read_only)
 
@@ -200,10 +340,11 @@ def parse_document(doc: dict[str, Any], system_id: str, op: str = "CreateCompute
         raise ErrNotSupported(op, system_id, "Container documents (process isolation) need Windows")
     vm = r.obj(doc, "VirtualMachine", "ComputeSystem", required=True)
     chipset = r.obj(vm, "Chipset", "VirtualMachine", required=True)
-    if chipset.get("Uefi") is not None and chipset.get("LinuxKernelDirect") is None:
+    if chipset.get("Uefi") is not None:
         raise ErrNotSupported(
             op, system_id, "VirtualMachine.Chipset.Uefi boot is not supported; use LinuxKernelDirect"
         )
+    refuse_unrealized(r, doc, _SHAPE, "")
     lkd = r.obj(chipset, "LinuxKernelDirect", "VirtualMachine.Chipset", required=True)
     where = "VirtualMachine.Chipset.LinuxKernelDirect"
     kernel = r.file(lkd, "KernelFilePath", where)
@@ -242,6 +383,7 @@ def parse_document(doc: dict[str, Any], system_id: str, op: str = "CreateCompute
         if index in used:
             index = next(i for i in range(SCSI_CONTROLLERS) if i not in used)
         used.add(index)
+        refuse_unrealized(r, ctrl, {"Attachments": _any}, cw)
         controller = ScsiController(index=index, guid=guid.lower())
         for lun_s, att in r.obj(ctrl, "Attachments", cw).items():
             if not lun_s.isdigit() or int(lun_s) >= SCSI_LUNS_PER_CONTROLLER:
@@ -259,12 +401,16 @@ def parse_document(doc: dict[str, Any], system_id: str, op: str = "CreateCompute
         parse_plan9_share(r, s, f"VirtualMachine.Devices.Plan9.Shares[{i}]")
         for i, s in enumerate(r.obj(devices, "Plan9", "VirtualMachine.Devices").get("Shares") or [])
     ]
+    plan9_doc = r.obj(devices, "Plan9", "VirtualMachine.Devices")
+    refuse_unrealized(r, plan9_doc, _PLAN9, "VirtualMachine.Devices.Plan9")
     pmem_doc = r.obj(devices, "VirtualPMem", "VirtualMachine.Devices")
+    refuse_unrealized(r, pmem_doc, _PMEM_CONTROLLER, "VirtualMachine.Devices.VirtualPMem")
     vpmem: dict[int, PMemDevice] = {}
     for n_s, dev in r.obj(pmem_doc, "Devices", "VirtualMachine.Devices.VirtualPMem").items():
         pw = f"VirtualMachine.Devices.VirtualPMem.Devices.{n_s}"
         if not n_s.isdigit() or not isinstance(dev, dict):
             raise r.fail(pw, "must be a numbered object")
+        refuse_unrealized(r, dev, PMEM_DEVICE_SHAPE, pw)
         vpmem[int(n_s)] = PMemDevice(r.file(dev, "HostPath", pw), bool(dev.get("ReadOnly", True)))
     # A distribution kernel cannot mount a SCSI root by itself (virtio_scsi is a module): a VHD-rooted
     # document boots the image's stage-1 initrd from beside the kernel, which mounts root= and

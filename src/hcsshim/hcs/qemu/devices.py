@@ -12,7 +12,14 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from hcsshim.hcs.errors import ErrAlreadyExists, ErrElementNotFound, ErrInvalidData, ErrNotSupported, HcsError
+from hcsshim.hcs.errors import (
+    ErrAlreadyExists,
+    ErrElementNotFound,
+    ErrInvalidData,
+    ErrNotSupported,
+    ErrTimeout,
+    HcsError,
+)
 from hcsshim.hcs.qemu import mounts
 from hcsshim.hcs.qemu.cmdline import (
     VPMEM_MAX_SLOTS,
@@ -23,7 +30,15 @@ from hcsshim.hcs.qemu.cmdline import (
     vpmem_id,
     vpmem_object_args,
 )
-from hcsshim.hcs.qemu.config import Disk, PMemDevice, _Reader, parse_attachment, parse_plan9_share
+from hcsshim.hcs.qemu.config import (
+    PMEM_DEVICE_SHAPE,
+    Disk,
+    PMemDevice,
+    _Reader,
+    parse_attachment,
+    parse_plan9_share,
+    refuse_unrealized,
+)
 from hcsshim.hcs.qemu.nic import NIC_PATH, NicSet
 
 if TYPE_CHECKING:
@@ -63,6 +78,14 @@ class DeviceSet:
         settings = req.get("Settings")
         if not isinstance(path, str) or not path:
             raise ErrInvalidData("Modify", self._id, "ModifySettingRequest.ResourcePath is required")
+        # GuestRequest (the guest half HCS forwards to its GCS) and anything else: this backend does
+        # not talk to the guest, the UtilityVM sends that half over the bridge itself.
+        refuse_unrealized(
+            _Reader("Modify", self._id),
+            req,
+            {"ResourcePath": lambda v: True, "RequestType": lambda v: True, "Settings": lambda v: True},
+            "ModifySettingRequest",
+        )
         if m := SCSI_PATH.match(path):
             await self._modify_scsi(m.group(1).lower(), int(m.group(2)), kind, settings)
         elif path == PLAN9_PATH:
@@ -131,7 +154,9 @@ class DeviceSet:
             r = _Reader("Modify", self._id)
             if not isinstance(settings, dict):
                 raise r.fail("ModifySettingRequest.Settings", "must be a VirtualPMemDevice object")
-            dev = PMemDevice(r.file(settings, "HostPath", "ModifySettingRequest.Settings"), True)
+            refuse_unrealized(r, settings, PMEM_DEVICE_SHAPE, "ModifySettingRequest.Settings")
+            path = r.file(settings, "HostPath", "ModifySettingRequest.Settings")
+            dev = PMemDevice(path, bool(settings.get("ReadOnly", True)))
             await self.system.execute("Modify", "object-add", vpmem_object_args(n, dev))
             try:
                 await self.system.execute("Modify", "device_add", vpmem_device_args(n))
@@ -163,7 +188,9 @@ class DeviceSet:
             try:
                 await asyncio.wait_for(deleted(), DEVICE_DELETED_TIMEOUT)
             except TimeoutError as e:
-                raise HcsError("Modify", self._id, f"guest did not release {what}") from e
+                raise ErrTimeout(
+                    "Modify", self._id, f"guest did not release {what} within {DEVICE_DELETED_TIMEOUT:.0f}s"
+                ) from e
 
     # ---- Plan9 -----------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hcsshim.hcs.errors import ErrAlreadyExists, ErrElementNotFound, ErrInvalidData, ErrNotSupported, HcsError
+from hcsshim.hcs.qemu.config import Shape, _Reader, refuse_unrealized
 
 if TYPE_CHECKING:
     from hcsshim.hcs.qemu.devices import DeviceSet
@@ -110,6 +111,19 @@ def _open_tap_in(netns_path: str, name: str) -> int:
     return result[0]
 
 
+def _named(value: object) -> bool:
+    return True
+
+
+# EndpointId is the adapter's name on the host side (HNS's endpoint); the resource path names ours.
+_NIC_SHAPE: Shape = {
+    "EndpointId": _named,
+    "MacAddress": _named,
+    "IovSettings": _named,  # refused above when set
+    "Tap": {"Name": _named, "NetNsPath": _named, "Mtu": _named},
+}
+
+
 def parse_nic_settings(system_id: str, nic_id: str, settings: Any) -> tuple[str, str, str, int]:
     """(mac, tap name, netns path, mtu) from the Add settings, with the field named on error."""
 
@@ -120,6 +134,7 @@ def parse_nic_settings(system_id: str, nic_id: str, settings: Any) -> tuple[str,
         raise bad("Settings", "must be a NetworkAdapter object")
     if settings.get("IovSettings"):
         raise ErrNotSupported("Modify", system_id, "NetworkAdapter.IovSettings is not supported by qemu")
+    refuse_unrealized(_Reader("Modify", system_id), settings, _NIC_SHAPE, "NetworkAdapter")
     mac = str(settings.get("MacAddress") or "")
     if not _MAC.match(mac):
         raise bad("MacAddress", f"{mac!r} is not a MAC address")

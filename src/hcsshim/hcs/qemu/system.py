@@ -519,6 +519,10 @@ class QemuComputeSystem(ComputeSystem):
         return await mux.connect_unix(self.paths.mux)
 
     @property
+    def console_path(self) -> str:
+        return self.paths.console
+
+    @property
     def hvsocket_address(self) -> str | None:
         if self.vsock_host is not None:  # vsock: `vsock:<guest cid>:<host port>`
             return self.vsock_host.address

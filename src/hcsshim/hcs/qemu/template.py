@@ -17,7 +17,13 @@ import shutil
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hcsshim.hcs.errors import ErrInvalidData, ErrNotSupported, HcsError
+from hcsshim.hcs.errors import (
+    ErrInvalidData,
+    ErrNotSupported,
+    ErrTimeout,
+    ErrVmcomputeUnexpectedExit,
+    HcsError,
+)
 from hcsshim.hcs.qemu.accel import QemuVersion
 from hcsshim.hcs.qemu.cmdline import Paths, build_argv
 from hcsshim.hcs.qemu.config import TEMPLATE_MEMORY_FILE, TEMPLATE_STATE_FILE, VmConfig
@@ -81,9 +87,9 @@ async def _wait_migration(execute: Execute, op: str, system_id: str, alive: Call
         if status in ("failed", "cancelled"):
             raise HcsError(op, system_id, f"saving the VM failed: {info.get('error-desc', status)}")
         if not alive():
-            raise HcsError(op, system_id, "QEMU exited while saving the VM")
+            raise ErrVmcomputeUnexpectedExit(op, system_id, "QEMU exited while saving the VM")
         if loop.time() > deadline:
-            raise HcsError(
+            raise ErrTimeout(
                 op, system_id, f"saving the VM did not finish in {MIGRATION_TIMEOUT:.0f}s ({status})"
             )
         await asyncio.sleep(_POLL)
@@ -129,7 +135,7 @@ async def restore(execute: Execute, system_id: str, cfg: VmConfig, alive: Callab
         if not alive():
             raise ErrInvalidData(op, system_id, "QEMU exited while restoring the template (see its log)")
         if loop.time() > deadline:
-            raise HcsError(
+            raise ErrTimeout(
                 op, system_id, f"restoring the template did not finish in {MIGRATION_TIMEOUT:.0f}s"
             )
         await asyncio.sleep(_POLL)
