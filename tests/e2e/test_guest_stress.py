@@ -24,6 +24,7 @@ import pytest
 from hcsshim.gcs.bridge import BridgeTimeoutError
 from hcsshim.hcs.qemu.system import QemuComputeSystem
 from tests.support.guest import container_document, oci_spec, read_all
+from tests.support.loop_watch import GUEST_SLOW_CALLBACK_MS
 from tests.support.uvm import STDIO_OUT, _layers, boot_files, boot_uvm, have_root_and_qemu, make_busybox_vhd
 
 pytestmark = [
@@ -62,7 +63,7 @@ def test_static_key_stress_keeps_the_agent_answering(tmp_path: Path) -> None:
     assert boot_files() is not None, "the e2e group needs the UVM image (make test builds it)"
     layer_vhd = make_busybox_vhd(tmp_path)
 
-    async def run() -> tuple[int, bytes, list[float], str]:
+    async def run() -> tuple[int, bytes, list[float], str, str]:
         vm, _ = await boot_uvm(f"stress-{os.getpid()}")
         try:
             assert isinstance(vm.system, QemuComputeSystem) and vm.system.accel is not None
@@ -114,11 +115,16 @@ def test_static_key_stress_keeps_the_agent_answering(tmp_path: Path) -> None:
                 await asyncio.gather(poller, work, return_exceptions=True)
             await vm.bridge.delete_container_state(cid)
             await vm.guest_modify("CombinedLayers", "Remove", layers)
-            return code, out, latencies, accel
+            watch = await asyncio.to_thread(Path(console).read_text, errors="replace")
+            return code, out, latencies, accel, watch
         finally:
             await vm.terminate()
 
-    code, out, latencies, accel = asyncio.run(run())
+    code, out, latencies, accel, console = asyncio.run(run())
+    # The agent watched its own loop throughout (a report would have failed the test through
+    # tests/support/loop_watch.py): its console says so, with the suite's threshold.
+    installed = [line for line in console.splitlines() if "slow-callback watch installed" in line]
+    assert installed and f'"threshold_ms": {GUEST_SLOW_CALLBACK_MS}' in installed[0], installed
     assert code == 0 and out.endswith(f"flipped {FLIPS}\n".encode()), (accel, code, out)
     assert latencies, "the stress ended before the agent was asked anything"
     assert max(latencies) < ANSWER_WITHIN, (accel, latencies)

@@ -17,6 +17,7 @@ import pytest
 
 from hcsshim.hcs.qemu.system import state_dir_for
 from tests.support.containerd import VERSIONS, Containerd, start_containerd, stop_containerd
+from tests.support.loop_watch import GUEST_SLOW_CALLBACK_MS, SLOW_CALLBACK_MS
 from tests.support.procs import shim_server_pid
 from tests.support.shim_checks import (
     RUNTIME,
@@ -374,3 +375,23 @@ def test_an_invalid_templates_annotation_fails_the_task_naming_it(containerd: Co
     assert TEMPLATES in proc.stderr and "maybe" in proc.stderr, proc.stderr
     assert not qemu_pids(cid)
     containerd.ctr("container", "delete", cid, check=False)
+
+
+def test_the_shim_and_its_guest_agent_watch_their_event_loops(containerd: Containerd, image: str) -> None:
+    # The suite fails a test on any slow-callback report from a shim or a guest agent; that only means
+    # something if both really watch. The shim says so in its log (containerd's), the guest agent on
+    # its console, with the thresholds tests/support/loop_watch.py set.
+    cid = "shim-loopwatch"
+    containerd.ctr("run", "-d", "--runtime", RUNTIME, image, cid, "sleep", "600", timeout=UVM_TIMEOUT)
+    try:
+        log = containerd.log_path.read_text(errors="replace")
+        installed = [line for line in log.splitlines() if "slow-callback watch installed" in line]
+        assert installed and all(f"threshold_ms={SLOW_CALLBACK_MS}" in line for line in installed), installed
+        [pid] = qemu_pids(cid)
+        assert any(f"hcsshim.slow_callback_ms={GUEST_SLOW_CALLBACK_MS}" in a for a in _qemu_argv(pid))
+    finally:
+        containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
+        wait_until(lambda: "STOPPED" in containerd.ctr("task", "ls", check=False).stdout, 60)
+        containerd.ctr("task", "delete", cid, check=False, timeout=60)
+        containerd.ctr("container", "delete", cid, check=False)
+    _assert_gone(containerd, cid)

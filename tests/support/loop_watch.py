@@ -25,13 +25,14 @@ from collections.abc import Callable
 from hcsshim import loopwatch, settings
 
 SLOW_CALLBACK_SECONDS = 0.1
+SLOW_CALLBACK_MS = int(SLOW_CALLBACK_SECONDS * 1000)
 # A guest under TCG runs its Python an order of magnitude slower than the host; the bound is for a
 # loop blocked on I/O or a long call, not for a slow CPU.
 GUEST_SLOW_CALLBACK_MS = 500
 
 # Read by asyncio whenever a loop is made, so it must be set before any test makes one.
 os.environ["PYTHONASYNCIODEBUG"] = "1"
-os.environ[settings.SLOW_CALLBACK_ENV] = str(int(SLOW_CALLBACK_SECONDS * 1000))
+os.environ[settings.SLOW_CALLBACK_ENV] = str(SLOW_CALLBACK_MS)
 os.environ[settings.GUEST_SLOW_CALLBACK_ENV] = str(GUEST_SLOW_CALLBACK_MS)
 
 

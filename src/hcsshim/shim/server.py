@@ -63,6 +63,7 @@ def watch_slow_callbacks() -> None:
     if ms <= 0:
         return
     loopwatch.install(ms / 1000, loopwatch.logging_reporter(log))
+    log.info("slow-callback watch installed", extra={"threshold_ms": ms})
 
 
 def ttrpc_address(flags: Flags) -> str:
