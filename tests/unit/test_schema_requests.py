@@ -19,7 +19,8 @@ def test_scsi_add_and_remove() -> None:
     )
     assert r.scsi_remove(0, 1).to_json() == (
         '{"ResourcePath":"VirtualMachine/Devices/Scsi/df6d0690-79e5-55b6-a5ec-c1e2f77f580a/Attachments/1",'
-        '"RequestType":"Remove"}'
+        '"RequestType":"Remove","GuestRequest":{"RequestType":"Remove","ResourceType":"SCSIDevice",'
+        '"Settings":{"Lun":1}}}'
     )
     assert ModifySettingRequest.from_json(add.to_json()).to_json() == add.to_json()
 

@@ -190,3 +190,28 @@ def test_start_without_a_guest_transport_fails_before_booting_with_fake_system()
         assert calls == []
 
     asyncio.run(run())
+
+
+def test_a_nic_is_one_request_host_first_on_add_guest_first_on_remove_with_fake_system() -> None:
+    async def run() -> None:
+        vm, _, bridge, calls = make_uvm()
+        host = {"MacAddress": "02-00-00-00-00-01", "Tap": {"Name": "tap0"}}
+        path = "VirtualMachine/Devices/NetworkAdapters/nic0"
+        await vm.add_network_adapter("nic0", host, {"ID": "nic0", "NamespaceID": "ns"})
+        assert calls == [
+            ("host", ("Add", path)),
+            ("guest", ("Add", "Network", {"ID": "nic0", "NamespaceID": "ns"})),
+        ]
+        calls.clear()
+        bridge.fail_next = True
+        with pytest.raises(RuntimeError, match="fake guest failure"):
+            await vm.add_network_adapter("nic0", host, {"ID": "nic0"})
+        assert calls == [("host", ("Add", path)), ("host", ("Remove", path))]  # the host half undone
+        calls.clear()
+        await vm.remove_network_adapter("nic0", "ns", host)
+        assert calls == [
+            ("guest", ("Remove", "Network", {"NamespaceID": "ns", "ID": "nic0"})),
+            ("host", ("Remove", path)),
+        ]
+
+    asyncio.run(run())

@@ -44,10 +44,18 @@ from hcsshim.schema.vm import (
 
 
 def scsi_add(
-    controller: int, lun: int, host_path: str, *, read_only: bool = False, disk_type: str = "VirtualDisk"
+    controller: int,
+    lun: int,
+    host_path: str,
+    *,
+    read_only: bool = False,
+    disk_type: str = "VirtualDisk",
+    options: list[str] | None = None,
+    controller_guid: str = "",
 ) -> ModifySettingRequest:
+    """`controller_guid` is the document's GUID for controller `controller` (default: the abi's)."""
     return ModifySettingRequest(
-        resource_path=scsi_resource_path(SCSI_CONTROLLER_GUIDS[controller], lun),
+        resource_path=scsi_resource_path(controller_guid or SCSI_CONTROLLER_GUIDS[controller], lun),
         request_type=RequestType.ADD,
         settings=Attachment(type=disk_type, path=host_path, read_only=read_only),
         guest_request=GuestModificationRequest(
@@ -58,6 +66,7 @@ def scsi_add(
                 controller=controller,
                 lun=lun,
                 read_only=read_only,
+                options=list(options or []),
             ),
         ),
     )
@@ -83,11 +92,13 @@ def scsi_eject(controller: int, lun: int) -> GuestModificationRequest:
     )
 
 
-def scsi_remove(controller: int, lun: int) -> ModifySettingRequest:
-    """Host step of a SCSI remove (no settings)."""
+def scsi_remove(controller: int, lun: int, *, controller_guid: str = "") -> ModifySettingRequest:
+    """Host step of a SCSI remove (no settings), carrying the guest's eject (scsi_eject) as its guest
+    half: a remove runs the guest half first. The unmount (scsi_unmount) goes before it."""
     return ModifySettingRequest(
-        resource_path=scsi_resource_path(SCSI_CONTROLLER_GUIDS[controller], lun),
+        resource_path=scsi_resource_path(controller_guid or SCSI_CONTROLLER_GUIDS[controller], lun),
         request_type=RequestType.REMOVE,
+        guest_request=scsi_eject(controller, lun),
     )
 
 
@@ -179,6 +190,32 @@ def network_add(
             resource_type=ResourceType.NETWORK, request_type=RequestType.ADD, settings=guest
         )
     return request
+
+
+def nic_add(nic_id: str, host: dict[str, object], guest: dict[str, object]) -> ModifySettingRequest:
+    """A NIC hot-add with the backend's own host settings (qemu's carry a ``Tap``) and the guest's
+    LCOWNetworkAdapter, both as the caller made them."""
+    return ModifySettingRequest(
+        resource_path=network_resource_path(nic_id),
+        request_type=RequestType.ADD,
+        settings=host,
+        guest_request=GuestModificationRequest(
+            resource_type=ResourceType.NETWORK, request_type=RequestType.ADD, settings=guest
+        ),
+    )
+
+
+def nic_remove(nic_id: str, namespace_id: str, host: dict[str, object]) -> ModifySettingRequest:
+    return ModifySettingRequest(
+        resource_path=network_resource_path(nic_id),
+        request_type=RequestType.REMOVE,
+        settings=host,
+        guest_request=GuestModificationRequest(
+            resource_type=ResourceType.NETWORK,
+            request_type=RequestType.REMOVE,
+            settings=LCOWNetworkAdapter(namespace_id=namespace_id, id=nic_id),
+        ),
+    )
 
 
 def network_remove(nic_id: str, endpoint_id: str, mac: str, namespace_id: str = "") -> ModifySettingRequest:

@@ -30,10 +30,11 @@ from hcsshim.hvsock.abi import (
     NULL_CONTAINER_ID,
     SCSI_CONTROLLER_GUIDS,
     RequestType,
-    ResourceType,
     scsi_controller_index,
 )
 from hcsshim.network import guest_network_spec
+from hcsshim.schema import requests
+from hcsshim.schema.modify import GuestModificationRequest, ModifySettingRequest
 from hcsshim.uvm.document import default_lcow_document, watch_guest_loops
 from hcsshim.uvm.errors import UvmError
 from hcsshim.uvm.plan9 import Plan9Mount, Plan9Names
@@ -376,6 +377,31 @@ class UtilityVM:
         request = {"ResourceType": resource_type, "RequestType": request_type, "Settings": settings}
         return await self.bridge.modify_settings(request)
 
+    async def guest_request(self, request: GuestModificationRequest) -> Any:
+        return await self.bridge.modify_settings(request.to_dict())
+
+    async def modify(self, request: ModifySettingRequest) -> None:
+        """One ModifySettingRequest as HCS applies it: for an add, the host half and then its
+        GuestRequest, the host half removed again when the guest's fails; for a remove, the guest half
+        first, so the guest lets go before the device goes."""
+        host = request.to_dict()
+        guest = host.pop("GuestRequest", None)
+        if request.request_type == RequestType.REMOVE:
+            if guest is not None:
+                await self.bridge.modify_settings(guest)
+            await self.system.modify(host)
+            return
+        await self.system.modify(host)
+        if guest is None:
+            return
+        try:
+            await self.bridge.modify_settings(guest)
+        except BaseException:
+            if request.request_type == RequestType.ADD:
+                with contextlib.suppress(HcsError):
+                    await self.system.modify({**host, "RequestType": RequestType.REMOVE})
+            raise
+
     # ---- SCSI --------------------------------------------------------------------------------------
 
     async def add_scsi(
@@ -398,49 +424,23 @@ class UtilityVM:
             try:
                 index, guid, lun = self.scsi.allocate()
             except LookupError as e:
-                raise UvmError(
-                    self.id,
-                    "add_scsi",
-                    str(e),
-                    kind=errdefs.Kind.FAILED_PRECONDITION,
-                ) from e
+                raise UvmError(self.id, "add_scsi", str(e), kind=errdefs.Kind.FAILED_PRECONDITION) from e
             m = ScsiMount(host_path, index, guid, lun, read_only)
+            request = requests.scsi_add(
+                index,
+                lun,
+                host_path,
+                read_only=read_only,
+                options=options or (["ro"] if read_only else []),
+                controller_guid=guid,
+            )
             try:
-                await self.system.modify(
-                    {
-                        "ResourcePath": f"VirtualMachine/Devices/Scsi/{guid}/Attachments/{lun}",
-                        "RequestType": "Add",
-                        "Settings": {"Path": host_path, "Type": "VirtualDisk", "ReadOnly": read_only},
-                    }
-                )
+                await self.modify(request)
             except BaseException:
                 self.scsi.release(index, lun)
                 raise
-            guest = {
-                "MountPath": m.guest_path,
-                "Lun": lun,
-                "Controller": index,
-                "Partition": 0,
-                "ReadOnly": read_only,
-                "Options": options or (["ro"] if read_only else []),
-            }
-            try:
-                await self.guest_modify(ResourceType.MAPPED_VIRTUAL_DISK, RequestType.ADD, guest)
-            except BaseException:
-                with contextlib.suppress(HcsError):
-                    await self._remove_scsi_host(m)
-                raise
             self.scsi.by_path[host_path] = m
             return m
-
-    async def _remove_scsi_host(self, m: ScsiMount) -> None:
-        await self.system.modify(
-            {
-                "ResourcePath": f"VirtualMachine/Devices/Scsi/{m.controller_guid}/Attachments/{m.lun}",
-                "RequestType": "Remove",
-            }
-        )
-        self.scsi.release(m.controller, m.lun)
 
     async def remove_scsi(self, host_path: str) -> None:
         host_path = os.path.abspath(host_path)
@@ -448,19 +448,14 @@ class UtilityVM:
             m = self.scsi.by_path.get(host_path)
             if m is None:
                 raise UvmError(
-                    self.id,
-                    "remove_scsi",
-                    f"{host_path} is not attached",
-                    kind=errdefs.Kind.NOT_FOUND,
+                    self.id, "remove_scsi", f"{host_path} is not attached", kind=errdefs.Kind.NOT_FOUND
                 )
             m.refs -= 1
             if m.refs > 0:
                 return
-            guest = {"MountPath": m.guest_path, "Lun": m.lun, "Controller": m.controller, "Partition": 0}
-            await self.guest_modify(ResourceType.MAPPED_VIRTUAL_DISK, RequestType.REMOVE, guest)
-            device = {"Controller": m.controller, "Lun": m.lun}
-            await self.guest_modify(ResourceType.SCSI_DEVICE, RequestType.REMOVE, device)
-            await self._remove_scsi_host(m)
+            await self.guest_request(requests.scsi_unmount(m.controller, m.lun, read_only=m.read_only))
+            await self.modify(requests.scsi_remove(m.controller, m.lun, controller_guid=m.controller_guid))
+            self.scsi.release(m.controller, m.lun)
             del self.scsi.by_path[host_path]
 
     # ---- Plan9 -------------------------------------------------------------------------------------
@@ -481,14 +476,7 @@ class UtilityVM:
                 existing.refs += 1
                 return existing.guest_path
             m = Plan9Mount(host_path, self.plan9.next_name(), read_only)
-            host = {"ResourcePath": "VirtualMachine/Devices/Plan9/Shares", "RequestType": "Add"}
-            await self.system.modify({**host, "Settings": m.host_settings()})
-            try:
-                await self.guest_modify(ResourceType.MAPPED_DIRECTORY, RequestType.ADD, m.guest_settings())
-            except BaseException:
-                with contextlib.suppress(HcsError):
-                    await self.system.modify({**host, "RequestType": "Remove", "Settings": m.host_settings()})
-                raise
+            await self.modify(requests.plan9_add(m.name, host_path, read_only=read_only))
             self.plan9.by_path[host_path] = m
             return m.guest_path
 
@@ -498,22 +486,12 @@ class UtilityVM:
             m = self.plan9.by_path.get(host_path)
             if m is None:
                 raise UvmError(
-                    self.id,
-                    "remove_plan9",
-                    f"{host_path} is not shared",
-                    kind=errdefs.Kind.NOT_FOUND,
+                    self.id, "remove_plan9", f"{host_path} is not shared", kind=errdefs.Kind.NOT_FOUND
                 )
             m.refs -= 1
             if m.refs > 0:
                 return
-            await self.guest_modify(ResourceType.MAPPED_DIRECTORY, RequestType.REMOVE, m.guest_settings())
-            await self.system.modify(
-                {
-                    "ResourcePath": "VirtualMachine/Devices/Plan9/Shares",
-                    "RequestType": "Remove",
-                    "Settings": m.host_settings(),
-                }
-            )
+            await self.modify(requests.plan9_remove(m.name, read_only=m.read_only))
             del self.plan9.by_path[host_path]
 
     # ---- network adapters --------------------------------------------------------------------------
@@ -523,30 +501,15 @@ class UtilityVM:
     ) -> None:
         """Hot-add a NIC (host half: NetworkAdapter settings, for qemu with its ``Tap``), then tell the
         guest (LCOWNetworkAdapter) to configure it; the host half is undone if the guest fails."""
-        host = {"ResourcePath": f"VirtualMachine/Devices/NetworkAdapters/{nic_id}", "RequestType": "Add"}
         async with self._lock:
-            await self.system.modify({**host, "Settings": host_settings})
-            try:
-                await self.guest_modify(ResourceType.NETWORK, RequestType.ADD, guest_settings)
-            except BaseException:
-                with contextlib.suppress(HcsError):
-                    await self.system.modify({**host, "RequestType": "Remove", "Settings": host_settings})
-                raise
+            await self.modify(requests.nic_add(nic_id, host_settings, guest_settings))
 
     async def remove_network_adapter(
         self, nic_id: str, namespace_id: str, host_settings: dict[str, Any]
     ) -> None:
         """Guest first (it lets go of the interface), then the device, as upstream removes NICs."""
         async with self._lock:
-            nic = {"NamespaceID": namespace_id, "ID": nic_id}
-            await self.guest_modify(ResourceType.NETWORK, RequestType.REMOVE, nic)
-            await self.system.modify(
-                {
-                    "ResourcePath": f"VirtualMachine/Devices/NetworkAdapters/{nic_id}",
-                    "RequestType": "Remove",
-                    "Settings": host_settings,
-                }
-            )
+            await self.modify(requests.nic_remove(nic_id, namespace_id, host_settings))
 
     # ---- VPMem -------------------------------------------------------------------------------------
 
