@@ -60,6 +60,7 @@ RULES: tuple[Rule, ...] = (
     Rule("errdefs imports nothing of ours", _h("errdefs"), allowed=_h("errdefs")),
     Rule("settings is a stdlib-only leaf", _h("settings"), allowed=_h("settings"), stdlib_only=True),
     Rule("loopwatch is a stdlib-only leaf", _h("loopwatch"), allowed=_h("loopwatch"), stdlib_only=True),
+    Rule("procfs is a stdlib-only leaf", _h("procfs"), allowed=_h("procfs"), stdlib_only=True),
     Rule(
         "the guest imports only the stdlib, hvsock, gcs.protocol and loopwatch",
         _h("guest"),

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from google.protobuf import timestamp_pb2
 
-from hcsshim import errdefs, settings
+from hcsshim import errdefs, procfs, settings
 from hcsshim.api.containerd.task.v2 import shim_pb2 as task_v2
 from hcsshim.shim.flags import Flags
 from hcsshim.shim.kind import RUNHCS_V1, ShimKind
@@ -242,21 +242,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _cmdline(pid: int) -> list[bytes]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().split(b"\0")
-    except OSError:
-        return []
-
-
 def _stop_server(bundle: str, shim_id: str) -> None:
     try:
         with open(os.path.join(bundle, SHIM_PID_FILE)) as f:
             pid = int(f.read().strip())
     except (OSError, ValueError):
         return
-    argv = _cmdline(pid)
+    argv = procfs.argv(pid)
     if shim_id.encode() not in argv or b"serve" not in argv:
         return  # not our server (pid reused)
     # containerd runs delete right after Shutdown; give a server that is exiting a moment to finish.
@@ -265,9 +257,9 @@ def _stop_server(bundle: str, shim_id: str) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and _pid_alive(pid) and _cmdline(pid):
+        while time.monotonic() < deadline and _pid_alive(pid) and procfs.argv(pid):
             time.sleep(0.02)
-        if not _cmdline(pid):
+        if not procfs.argv(pid):
             return
 
 

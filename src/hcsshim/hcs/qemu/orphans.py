@@ -9,16 +9,9 @@ import os
 import signal
 import time
 
+from hcsshim import procfs
 from hcsshim.hcs.qemu.mounts import remove_tree_safely
 from hcsshim.hcs.qemu.system import state_dir_for
-
-
-def _cmdline(pid: int) -> list[bytes]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().split(b"\0")
-    except OSError:
-        return []
 
 
 def cleanup_orphan(system_id: str) -> None:
@@ -29,7 +22,7 @@ def cleanup_orphan(system_id: str) -> None:
         return
     needle = state_dir.encode()
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and any(needle in arg for arg in _cmdline(int(entry))):
+        if entry.isdigit() and any(needle in arg for arg in procfs.argv(int(entry))):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry), signal.SIGKILL)
     time.sleep(0.05)
