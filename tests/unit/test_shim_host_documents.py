@@ -3,14 +3,18 @@ boot files, the proto options converted to the builder's RuntimeOptions, and the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from hcsshim import settings
+import pytest
+
+from hcsshim import oci, settings
 from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.builder import RuntimeOptions
 from hcsshim.hvsock.abi import SCSI_CONTROLLER_GUIDS
 from hcsshim.schema import ComputeSystem
 from hcsshim.shim import host
+from hcsshim.shim.spec import BundleSpec, read_spec
 
 
 def _boot(tmp_path: Path, *names: str) -> str:
@@ -102,3 +106,25 @@ def test_the_shim_asks_the_backend_what_it_can_do(tmp_path: Path) -> None:
     devices = document.virtual_machine.devices if document.virtual_machine else None
     assert devices is not None and devices.virtual_pmem is not None
     assert devices.virtual_pmem.devices["0"].host_path == f"{root}/rootfs.vhd"
+
+
+def test_the_spec_create_parsed_is_the_one_the_builder_gets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _boot(tmp_path, "kernel", "initrd.img")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.1.0", "linux": {}, "annotations": {}}))
+    spec = read_spec(str(bundle))
+    assert isinstance(spec, BundleSpec) and spec == {"ociVersion": "1.1.0", "linux": {}, "annotations": {}}
+
+    def parsed_again(data: object) -> oci.Spec:
+        raise AssertionError("the OCI spec was parsed a second time")
+
+    monkeypatch.setattr(oci.Spec, "from_dict", parsed_again)
+    options = runhcs_pb2.Options(boot_files_root_path=root)
+    document = host.build_uvm_document("pod3", spec, options)
+    assert isinstance(document, ComputeSystem) and document.owner == "pod3"
+    # A plain dict (the CLI's template build) is still parsed, once, there.
+    with pytest.raises(AssertionError, match="parsed a second time"):
+        host.build_uvm_document("pod3", {"linux": {}}, options)

@@ -95,7 +95,8 @@ class Spec:
         return out
 
     def copy(self) -> Spec:
-        return Spec.from_dict(self.to_dict())
+        # A deep copy, not from_dict(to_dict()): what was validated once need not be parsed again.
+        return copy.deepcopy(self)
 
     # -- the Windows resources V1 falls back on when annotations are absent --------------------------
 

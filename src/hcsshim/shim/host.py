@@ -13,12 +13,13 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from hcsshim import hcs, settings
+from hcsshim import hcs, oci, settings
 from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.builder import BootFiles, RuntimeOptions, build_lcow_container_document, build_lcow_uvm_v1
 from hcsshim.gcs.connection import ExitCallback, OomCallback
 from hcsshim.schema import ComputeSystem
 from hcsshim.shim.io import GuestStdio
+from hcsshim.shim.spec import BundleSpec
 from hcsshim.uvm.document import boot_files_path
 
 
@@ -118,8 +119,10 @@ def build_uvm_document(owner: str, spec: dict[str, Any], options: runhcs_pb2.Opt
     ann = {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
     root = (options.boot_files_root_path if options is not None else "") or boot_files_path()
     files = frozenset(os.listdir(root)) if os.path.isdir(root) else frozenset()
+    # The Create path hands down the spec it already parsed (BundleSpec); other callers a plain dict.
+    parsed = spec.parsed if isinstance(spec, BundleSpec) else oci.Spec.from_dict(spec)
     # A sandbox bundle may carry an empty spec; the V1 pipeline wants a Linux one.
-    lcow_spec = {**spec, "linux": spec.get("linux") or {}}
+    lcow_spec = parsed if parsed.linux else dataclasses.replace(parsed, linux={})
     document, _ = build_lcow_uvm_v1(
         owner=owner,
         spec=lcow_spec,

@@ -26,25 +26,34 @@ class Role(enum.Enum):
     STANDALONE = ""
 
 
-def read_spec(bundle: str) -> dict[str, Any]:
+class BundleSpec(dict[str, Any]):
+    """A bundle's config.json as read, which is what the guest is given, with the oci.Spec it was
+    validated as (`parsed`), which is what the document builder takes: parsed once, at Create."""
+
+    def __init__(self, data: dict[str, Any], parsed: oci.Spec) -> None:
+        super().__init__(data)
+        self.parsed = parsed
+
+
+def read_spec(bundle: str) -> BundleSpec:
     """``config.json`` of a bundle; a sandbox bundle may hold ``null`` or nothing (reference §2.5)."""
     try:
         with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError:
-        return {}
+        return BundleSpec({}, oci.Spec())
     except (OSError, ValueError) as exc:
         raise SpecError(f"{bundle}/config.json: {exc}") from exc
     if data is None:
-        return {}
+        return BundleSpec({}, oci.Spec())
     try:
-        # Shape check only (the guest gets the spec as JSON): a wrong type is refused here, with the
-        # field named, instead of surfacing later as a Python error deep in the document builder.
-        oci.Spec.from_dict(data)
+        # A wrong type is refused here, with the field named, instead of surfacing later as a Python
+        # error deep in the document builder.
+        parsed = oci.Spec.from_dict(data)
     except oci.SpecError as exc:
         raise SpecError(f"{bundle}/config.json: {exc}") from exc
     assert isinstance(data, dict)
-    return data
+    return BundleSpec(data, parsed)
 
 
 def spec_annotations(spec: dict[str, Any]) -> dict[str, str]:
