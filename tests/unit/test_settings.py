@@ -37,6 +37,8 @@ def test_a_sample_environment_parses_into_every_field() -> None:
         "HCSSHIM_SHIM_SOCKET_DIR": "/tmp/s",
         "HCSSHIM_LOCAL_STATE": "/tmp/local",
         "HCSSHIM_SHIM_HOST_FACTORY": "tests.support.local_host:create",
+        "HCSSHIM_UVM_POOL_SIZE": "2",
+        "HCSSHIM_UVM_POOL_MEMORY_MB": "1024",
         "TTRPC_ADDRESS": "/run/containerd/containerd.sock.ttrpc",
         "UNRELATED": "x",
     }
@@ -53,6 +55,8 @@ def test_a_sample_environment_parses_into_every_field() -> None:
         shim_socket_dir="/tmp/s",
         local_state="/tmp/local",
         shim_host_factory="tests.support.local_host:create",
+        uvm_pool_size=2,
+        uvm_pool_memory_mb=1024,
         ttrpc_address="/run/containerd/containerd.sock.ttrpc",
     )
     assert s.qemu_state_dir == "/tmp/run/qemu"
