@@ -108,6 +108,11 @@ def _cmd_template(ns: argparse.Namespace) -> int:
         removed = store.remove_all() if ns.all else store.prune_stale(keep=ns.keep)
         for key in removed:
             print(f"removed {key}")
+        from hcsshim.uvm.pool import Pool
+
+        # Pooled clones of a removed template would keep its memory file alive: they go too.
+        for entry in Pool(store=store).sweep():
+            print(f"removed pooled clone {entry}")
         return 0
     from hcsshim.annotations.parse import AnnotationError
     from hcsshim.hcs import HcsError
