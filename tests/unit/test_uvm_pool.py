@@ -431,3 +431,35 @@ def test_a_foreign_fake_qemu_is_watched_through_a_pidfd_and_its_status_read(tmp_
     assert asyncio.run(main()) in (7, None)  # None only where the kernel cannot say (before 6.15)
     with pytest.raises(ProcessLookupError):
         foreign.ForeignProcess.open(os.getpid(), needle)  # a pid whose argv does not name it
+
+
+def test_a_parked_clone_listens_on_its_own_qmp_socket(tmp_path: Path) -> None:
+    from hcsshim.hcs.qemu.cmdline import build_argv
+    from hcsshim.hcs.qemu.config import parse_document
+    from hcsshim.hcs.qemu.parked import paths_in
+
+    for name in ("kernel", "initrd.img"):
+        (tmp_path / name).write_bytes(b"x")
+    saved = tmp_path / "tpl"
+    saved.mkdir()
+    for name in ("memory", "state"):
+        (saved / name).write_bytes(b"")
+    doc = {
+        "VirtualMachine": {
+            "Chipset": {
+                "LinuxKernelDirect": {
+                    "KernelFilePath": str(tmp_path / "kernel"),
+                    "InitRdPath": str(tmp_path / "initrd.img"),
+                }
+            },
+            "ComputeTopology": {"Memory": {"SizeInMB": 256}, "Processor": {"Count": 1}},
+            "RestoreState": {"SaveStateFilePath": str(saved)},
+        }
+    }
+    cfg = parse_document(doc, "p")
+    paths = paths_in("/run/hcsshim/pool/k/.b-1")
+    parked = build_argv("qemu-system-x86_64", "p", cfg, paths, "tcg", qmp_server=True)
+    assert f"socket,id=qmp,path={paths.qmp},server=on,wait=off" in parked
+    assert "-incoming" in parked and "-S" in parked
+    created = build_argv("qemu-system-x86_64", "p", cfg, paths, "tcg")
+    assert f"socket,id=qmp,path={paths.qmp}" in created  # a created VM's QEMU dials its creator
