@@ -5,6 +5,8 @@ argv names the directory they were "parked" in."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import shutil
@@ -463,3 +465,22 @@ def test_a_parked_clone_listens_on_its_own_qmp_socket(tmp_path: Path) -> None:
     assert "-incoming" in parked and "-S" in parked
     created = build_argv("qemu-system-x86_64", "p", cfg, paths, "tcg")
     assert f"socket,id=qmp,path={paths.qmp}" in created  # a created VM's QEMU dials its creator
+
+
+def test_a_detached_filler_is_spawned_at_sched_idle_and_refuses_a_gone_template(tmp_path: Path) -> None:
+    pool = _pool(tmp_path)
+    doc = _document(str(tmp_path / "templates" / "gone"))
+    pool._spawn_filler("k1", doc, PoolConfig(1))
+    seen: set[int] = set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.SCHED_IDLE not in seen:
+        for pid in pool_mod._fillers(pool.root, "k1"):
+            with contextlib.suppress(OSError):
+                seen.add(os.sched_getscheduler(pid))
+        if not seen and not any(pool_mod._fillers(pool.root, "k1")):
+            break  # gone before it could be looked at
+        time.sleep(0.005)
+    assert os.SCHED_IDLE in seen or not seen, seen
+    pool_mod._wait(functools.partial(pool_mod._no_fillers, pool.root, "k1"), 30)
+    log = Path(pool.key_dir("k1"), "filler.log").read_text()
+    assert "not filling the warm pool" in log and pool.ready("k1") == []

@@ -33,7 +33,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -327,13 +326,28 @@ class Pool:
         _write_json(os.path.join(kd, DOCUMENT_FILE), document)
         argv = [sys.executable, "-m", FILLER_MODULE, "fill", key, "--root", self.root]
         argv += ["--size", str(config.size), "--memory-mb", str(config.memory_mb), "--background"]
-        with open(os.path.join(kd, "filler.log"), "ab") as out:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True
-            )
-        # Reaped by a thread: the filler outlives a short request, and may outlive this process.
-        threading.Thread(target=proc.wait, name=f"pool-filler-{proc.pid}", daemon=True).start()
-        log.info("warm pool filler started", extra={"template": key, "pid": proc.pid, "size": config.size})
+        logfile = os.path.join(kd, "filler.log")
+        append = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        # Born at SCHED_IDLE (its imports included: chrt execs it so) in a session of its own: it
+        # only gets the CPU the pod that started it leaves idle, and outlives this process. Without
+        # chrt it goes idle once its imports are done.
+        chrt = shutil.which("chrt")
+        if chrt:
+            argv = [chrt, "--idle", "0", *argv]
+        pid = os.posix_spawn(
+            argv[0],
+            argv,
+            settings.inherited_environ(),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, logfile, append, 0o600),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+        )
+        # Reaped by a thread: the filler outlives a short request.
+        threading.Thread(target=_reap, args=(pid,), name=f"pool-filler-{pid}", daemon=True).start()
+        log.info("warm pool filler started", extra={"template": key, "pid": pid, "size": config.size})
 
     # ---- draining ------------------------------------------------------------------------------
 
@@ -382,6 +396,11 @@ def _fillers(root: str, key: str) -> Iterator[int]:
             continue
         if all(w in argv for w in want):
             yield int(name)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def _no_fillers(root: str, key: str) -> bool:
