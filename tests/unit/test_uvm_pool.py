@@ -283,9 +283,13 @@ def test_clone_with_a_pool_claims_or_restores_and_refills_with_fake_backend(
 
     restored: list[str] = []
 
-    async def fake_create(uvm_id: str, document: Any = None, **_: Any) -> str:
+    class FakeVm:
+        def __init__(self) -> None:
+            self.on_ready: list[Any] = []
+
+    async def fake_create(uvm_id: str, document: Any = None, **_: Any) -> FakeVm:
         restored.append(uvm_id)
-        return "restored"
+        return FakeVm()
 
     refills: list[tuple[str, PoolConfig]] = []
     monkeypatch.setattr(uvm_template, "template_key", fake_key)
@@ -295,17 +299,20 @@ def test_clone_with_a_pool_claims_or_restores_and_refills_with_fake_backend(
     doc = {"VirtualMachine": {"ComputeTopology": {"Memory": {"SizeInMB": 256}}}}
     config = PoolConfig(1)
 
-    first: object = asyncio.run(store.clone("p0", doc, pool=config))
-    assert first == "restored"  # empty: restored at once
-    assert restored == ["p0"] and refills == [("k1", config)]
+    first: Any = asyncio.run(store.clone("p0", doc, pool=config))
+    assert isinstance(first, FakeVm) and restored == ["p0"]  # empty: restored at once
+    assert refills == []  # not while the UVM starts: once it is ready
+    for ready in first.on_ready:
+        ready()
+    assert refills == [("k1", config)]
     asyncio.run(Pool(store=store).fill("k1", config, _document(template)))
     vm = asyncio.run(store.clone("p1", doc, pool=config))
     claimed: object = vm.system
     assert claimed == ("system", "p1@vm", str(tmp_path / "state" / "p1@vm")) and vm.restored
-    assert restored == ["p0"] and len(refills) == 2
-    last: object = asyncio.run(store.clone("p2", doc))
-    assert last == "restored"  # no pool: no claim, no refill
-    assert len(refills) == 2
+    assert restored == ["p0"] and len(vm.on_ready) == 1
+    last: Any = asyncio.run(store.clone("p2", doc))
+    assert isinstance(last, FakeVm) and last.on_ready == []  # no pool: no claim, no refill
+    assert restored == ["p0", "p2"]
 
 
 def test_drain_removes_every_fake_entry_and_the_pool_directory(tmp_path: Path, fake: FakeBackend) -> None:
@@ -481,6 +488,6 @@ def test_a_detached_filler_is_spawned_at_sched_idle_and_refuses_a_gone_template(
             break  # gone before it could be looked at
         time.sleep(0.005)
     assert os.SCHED_IDLE in seen or not seen, seen
-    pool_mod._wait(functools.partial(pool_mod._no_fillers, pool.root, "k1"), 30)
+    pool_mod._wait(functools.partial(pool_mod._no_fillers, pool.root, "k1"), 60)  # idle: may wait
     log = Path(pool.key_dir("k1"), "filler.log").read_text()
     assert "not filling the warm pool" in log and pool.ready("k1") == []

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import copy
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -107,13 +108,21 @@ class TemplateStore:
 
             warm = Pool(store=self)
             system = await warm.claim(f"{uvm_id}@vm", key, restored)
-            warm.refill_in_background(key, restored, pool)
             if system is not None:
                 log.info(
                     "uvm taken from the warm pool",
                     extra={"id": uvm_id, "template": key, "seconds": round(time.monotonic() - started, 3)},
                 )
-                return UtilityVM(uvm_id, system, restored)
+                vm = UtilityVM(uvm_id, system, restored)
+            else:
+                vm = await UtilityVM.create(uvm_id, restored)
+                log.info(
+                    "uvm restored from template",
+                    extra={"id": uvm_id, "template": key, "seconds": round(time.monotonic() - started, 3)},
+                )
+            # Refilled once this UVM is ready: the filler must not compete with the start.
+            vm.on_ready.append(functools.partial(warm.refill_in_background, key, restored, pool))
+            return vm
         vm = await UtilityVM.create(uvm_id, restored)
         log.info(
             "uvm restored from template",
