@@ -300,6 +300,8 @@ def _main() -> int:
         f"pool {[round(x, 2) for x in pool]}"
     )
     print(f"samples ctr run runc {[round(x, 3) for x in runc]}")
+    for label, xs in cri_rows.items():
+        print(f"samples CRI {label} {[round(x, 2) for x in xs]}")
     print(f"PSS KiB cold {pss_cold} template {pss_tmpl}")
     return 0
 
