@@ -31,6 +31,8 @@ GCS_CONNECTION_TIMEOUT_ENV = "HCSSHIM_TIMEOUT_GCSCONNECTION"
 SHIM_SOCKET_DIR_ENV = "HCSSHIM_SHIM_SOCKET_DIR"
 LOCAL_STATE_ENV = "HCSSHIM_LOCAL_STATE"
 SHIM_HOST_FACTORY_ENV = "HCSSHIM_SHIM_HOST_FACTORY"
+UVM_POOL_SIZE_ENV = "HCSSHIM_UVM_POOL_SIZE"
+UVM_POOL_MEMORY_MB_ENV = "HCSSHIM_UVM_POOL_MEMORY_MB"
 TTRPC_ADDRESS_ENV = "TTRPC_ADDRESS"
 
 DEFAULT_QEMU = "qemu-system-x86_64"
@@ -75,6 +77,11 @@ class Settings:
     # HCSSHIM_GUEST_SLOW_CALLBACK_MS: the same for the guest agent of every UVM this process starts
     # (passed on the UVM's kernel command line); 0 = off.
     guest_slow_callback_ms: int = 0
+    # HCSSHIM_UVM_POOL_SIZE: paused clones kept ready per UVM configuration (uvm/pool.py) when the
+    # pod's annotations do not say (io.hcsshim.virtualmachine.pool.size); 0 = no warm pool.
+    uvm_pool_size: int = 0
+    # HCSSHIM_UVM_POOL_MEMORY_MB: cap on the guest memory of all pooled clones together; 0 = none.
+    uvm_pool_memory_mb: int = 0
     # TTRPC_ADDRESS (set by containerd, not ours): its ttrpc socket, where the shim publishes events.
     ttrpc_address: str = ""
 
@@ -102,6 +109,8 @@ class Settings:
             shim_socket_dir=text(SHIM_SOCKET_DIR_ENV, DEFAULT_SHIM_SOCKET_DIR),
             local_state=text(LOCAL_STATE_ENV, DEFAULT_LOCAL_STATE),
             shim_host_factory=text(SHIM_HOST_FACTORY_ENV),
+            uvm_pool_size=_count(environ, UVM_POOL_SIZE_ENV),
+            uvm_pool_memory_mb=_count(environ, UVM_POOL_MEMORY_MB_ENV),
             ttrpc_address=text(TTRPC_ADDRESS_ENV),
             slow_callback_ms=_milliseconds(environ, SLOW_CALLBACK_ENV),
             guest_slow_callback_ms=_milliseconds(environ, GUEST_SLOW_CALLBACK_ENV),
@@ -132,6 +141,15 @@ def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}={raw!r} must be a positive number of seconds")
     return value
+
+
+def _count(environ: Mapping[str, str], name: str) -> int:
+    raw = (environ.get(name) or "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit():
+        raise ValueError(f"{name}={raw!r} is not a whole number (0 or more)")
+    return int(raw)
 
 
 _current: Settings | None = None

@@ -22,11 +22,19 @@ RUNTIME = "io.containerd.runhcs.v1"
 
 def qemu_pids(uvm_owner: str) -> list[int]:
     """QEMU processes of the UVM created for ``uvm_owner`` (its state directory is in their argv)."""
-    needle = state_dir_for(f"{uvm_owner}@vm").encode()
+    state_dir = state_dir_for(f"{uvm_owner}@vm")
+    needle = state_dir.encode()
+    # A clone claimed from the warm pool runs a QEMU whose argv names where it was parked; its pid
+    # file is in the state directory.
+    adopted = 0
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(state_dir, "qemu.pid")) as f:
+        adopted = int(f.read().strip())
     return [
         pid
         for pid, argv in argvs()
-        if argv and b"qemu-system" in os.path.basename(argv[0]) and any(needle in a for a in argv)
+        if argv
+        and b"qemu-system" in os.path.basename(argv[0])
+        and (pid == adopted or any(needle in a for a in argv))
     ]
 
 

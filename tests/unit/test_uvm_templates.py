@@ -353,9 +353,11 @@ def test_agent_prepares_as_a_template_only_without_containers_with_a_fake_host()
 
 
 def test_template_cli_lists_and_prunes_a_fake_store(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from hcsshim.cli.main import main as cli_main
+
+    monkeypatch.setenv("HCSSHIM_RUN_DIR", str(tmp_path / "run"))  # prune also sweeps the warm pool
 
     root = tmp_path / "templates"
     for name in ("aaaa", "bbbb"):

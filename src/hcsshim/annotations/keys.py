@@ -54,6 +54,10 @@ DISABLE_UNSAFE_OPERATIONS = "io.microsoft.disable-unsafe-operations"
 # hcsshim's own (no upstream equivalent): restore the UVM from a template of its configuration
 # ("true", the default where the backend can) or boot it cold ("false"). uvm/template.py.
 UVM_TEMPLATES = "io.hcsshim.virtualmachine.templates"
+# hcsshim's own: the warm pool of the UVM's configuration (uvm/pool.py): how many paused clones to
+# keep ready (0: none, the default), and the cap on their guest memory together (0: none).
+UVM_POOL_SIZE = "io.hcsshim.virtualmachine.pool.size"
+UVM_POOL_MEMORY_MB = "io.hcsshim.virtualmachine.pool.memory_mb"
 BOOT_FILES_ROOT_PATH = _VM + "bootfilesrootpath"
 DUMP_DIRECTORY_PATH = _VM + "dump-directory-path"
 DISABLE_WRITABLE_FILE_SHARES = _VM + "fileshares.disablewritable"

@@ -108,6 +108,11 @@ def _cmd_template(ns: argparse.Namespace) -> int:
         removed = store.remove_all() if ns.all else store.prune_stale(keep=ns.keep)
         for key in removed:
             print(f"removed {key}")
+        from hcsshim.uvm.pool import Pool
+
+        # Pooled clones of a removed template would keep its memory file alive: they go too.
+        for entry in Pool(store=store).sweep():
+            print(f"removed pooled clone {entry}")
         return 0
     from hcsshim.annotations.parse import AnnotationError
     from hcsshim.hcs import HcsError
@@ -156,6 +161,75 @@ def _add_template(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_template)
 
 
+def _cmd_pool(ns: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from hcsshim.uvm.pool import Pool
+    from hcsshim.uvm.template import TemplateStore
+
+    pool = Pool(ns.root, TemplateStore(ns.templates))
+    if ns.pool_command == "list":
+        entries = pool.entries()
+        if not entries:
+            print(f"no pooled uvms in {pool.root}")
+        for e in entries:
+            age = _ago(float(e.get("created") or time.time()))
+            print(
+                f"{e['key']}  {e['state']:8}  pid {e.get('pid', '-')!s:>7}  {e.get('memory_mb', 0)} MB  "
+                f"parked {age}  {e['dir']}"
+            )
+        return 0
+    if ns.pool_command == "drain":
+        for path in pool.drain(ns.key):
+            print(f"removed {path}")
+        return 0
+    from hcsshim.annotations.parse import AnnotationError
+    from hcsshim.hcs import HcsError
+    from hcsshim.shim.host import build_uvm_document, pool_config
+    from hcsshim.uvm.template import PoolConfig, TemplateUnavailable, restored_document
+
+    spec = {"annotations": dict(a.split("=", 1) for a in ns.annotation)}
+    try:
+        configured = pool_config(spec, None)
+        config = PoolConfig(
+            size=configured.size if ns.size is None else ns.size,
+            memory_mb=configured.memory_mb if ns.memory_mb is None else ns.memory_mb,
+        )
+        document = build_uvm_document("hcsshim-uvm-pool", spec, None).to_dict()
+        key, directory = asyncio.run(pool.store.build_for(document))
+        added = asyncio.run(pool.fill(key, config, restored_document(document, key, directory)))
+    except (AnnotationError, HcsError, TemplateUnavailable, OSError) as e:
+        print(f"hcsshim uvm pool fill: {e}", file=sys.stderr)
+        return 1
+    print(f"{key}  {len(pool.ready(key))} ready ({added} added)")
+    return 0
+
+
+def _add_pool(sub: Subparsers) -> None:
+    p = sub.add_parser("pool", help="list, fill or drain the warm pool of paused UVM clones")
+    p.add_argument("--root", default=None, help="pool directory (default: $HCSSHIM_RUN_DIR/pool)")
+    p.add_argument("--templates", default=None, help="template directory (default: beside the boot files)")
+    psub = p.add_subparsers(dest="pool_command", metavar="POOL_COMMAND", required=True)
+    psub.add_parser("list", help="the pooled clones: template key, state, QEMU pid, memory, age")
+    fill = psub.add_parser(
+        "fill", help="park clones of the UVM runhcs-v1 pods use (with these annotations) up to --size, now"
+    )
+    fill.add_argument("--size", type=int, default=None, help="clones to keep (default: the annotation's)")
+    fill.add_argument("--memory-mb", type=int, default=None, help="cap on their guest memory (0: none)")
+    fill.add_argument(
+        "--annotation",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_key_value,
+        help="a pod annotation",
+    )
+    drain = psub.add_parser("drain", help="stop the fillers, kill every pooled clone and remove the pool")
+    drain.add_argument("--key", default=None, help="only this template key")
+    p.set_defaults(func=_cmd_pool)
+
+
 def _key_value(text: str) -> str:
     if "=" not in text or text.startswith("="):
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
@@ -168,7 +242,7 @@ def _add_run(sub: Subparsers) -> None:
     uvm_run.register(sub)
 
 
-SUBCOMMANDS: list[Callable[[Subparsers], None]] = [_add_build, _add_check, _add_template, _add_run]
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [_add_build, _add_check, _add_template, _add_pool, _add_run]
 
 
 def add_parser(subparsers: Subparsers) -> None:

@@ -119,6 +119,50 @@ def cleanup_orphan(system_id: str, backend: str | None = None) -> None:
     qemu_cleanup_orphan(system_id)
 
 
+def _parking(op: str, backend: str | None) -> None:
+    chosen = backend or default_backend()
+    if chosen != "qemu":
+        raise ErrNotSupported(op, "", f"the {chosen} backend cannot park VMs")
+
+
+async def park_clone(directory: str, document: Document, backend: str | None = None) -> int:
+    """Start the clone `document` describes (VirtualMachine.RestoreState) in the new directory
+    `directory`, owned by no process and left paused, for a later adopt_parked_clone; returns its
+    process id. Nothing is left on error. ErrNotSupported where the backend cannot."""
+    _parking("ParkComputeSystem", backend)
+    from hcsshim.hcs.qemu.parked import park
+
+    return await park(directory, document)
+
+
+async def adopt_parked_clone(
+    system_id: str, directory: str, document: Document, backend: str | None = None
+) -> ComputeSystem:
+    """The created (paused) system `system_id` made of the clone parked in `directory`, which this
+    call takes atomically: of two callers one gets it and the other ErrElementNotFound. `document`
+    is the clone's own document, of the same template key as the parked one."""
+    _parking("AdoptComputeSystem", backend)
+    from hcsshim.hcs.qemu.system import QemuComputeSystem
+
+    return await QemuComputeSystem.adopt(system_id, document, directory)
+
+
+def parked_clone_alive(directory: str, backend: str | None = None) -> bool:
+    """Whether the clone parked in `directory` still runs. Blocking."""
+    _parking("ParkedCloneAlive", backend)
+    from hcsshim.hcs.qemu.parked import alive
+
+    return alive(directory)
+
+
+def destroy_parked_clone(directory: str, backend: str | None = None) -> None:
+    """Kill the clone parked in `directory` and remove the directory; none is not an error. Blocking."""
+    _parking("DestroyParkedClone", backend)
+    from hcsshim.hcs.qemu.parked import destroy
+
+    destroy(directory)
+
+
 def open_compute_system(system_id: str, backend: str | None = None) -> ComputeSystem:
     """A system created earlier by this process."""
     _, open_ = _backend(backend)
@@ -145,13 +189,17 @@ __all__ = [
     "HcsError",
     "StallDiagnosis",
     "SystemState",
+    "adopt_parked_clone",
     "capabilities",
     "cleanup_orphan",
     "create_compute_system",
     "default_backend",
+    "destroy_parked_clone",
     "document_to_dict",
     "is_already_stopped",
     "is_not_exist",
     "open_compute_system",
+    "park_clone",
+    "parked_clone_alive",
     "template_key",
 ]

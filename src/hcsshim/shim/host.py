@@ -11,7 +11,7 @@ import dataclasses
 import importlib
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hcsshim import hcs, oci, settings
 from hcsshim.api.runhcs.options import runhcs_pb2
@@ -21,6 +21,9 @@ from hcsshim.schema import ComputeSystem
 from hcsshim.shim.io import GuestStdio
 from hcsshim.shim.spec import BundleSpec
 from hcsshim.uvm.document import boot_files_path
+
+if TYPE_CHECKING:
+    from hcsshim.uvm.template import PoolConfig
 
 
 class Bridge(Protocol):
@@ -146,6 +149,26 @@ def templates_enabled(spec: dict[str, Any], options: runhcs_pb2.Options | None) 
     return parse_bool(merged, keys.UVM_TEMPLATES, True)
 
 
+def pool_config(spec: dict[str, Any], options: runhcs_pb2.Options | None) -> PoolConfig:
+    """The warm pool for this pod's UVM configuration: the spec's annotations, else the runtime
+    handler's default_container_annotations, else HCSSHIM_UVM_POOL_SIZE / _MEMORY_MB (off)."""
+    from hcsshim.annotations import keys
+    from hcsshim.annotations.parse import AnnotationError, parse_uint32
+    from hcsshim.uvm.pool import MAX_SIZE
+    from hcsshim.uvm.template import PoolConfig
+
+    merged = dict(options.default_container_annotations) if options is not None else {}
+    merged.update({str(k): str(v) for k, v in (spec.get("annotations") or {}).items()})
+    current = settings.current()
+    size = parse_uint32(merged, keys.UVM_POOL_SIZE, current.uvm_pool_size)
+    if size > MAX_SIZE:
+        raise AnnotationError(
+            keys.UVM_POOL_SIZE, merged.get(keys.UVM_POOL_SIZE, str(size)), f"at most {MAX_SIZE}"
+        )
+    memory = parse_uint32(merged, keys.UVM_POOL_MEMORY_MB, current.uvm_pool_memory_mb)
+    return PoolConfig(size=size, memory_mb=memory)
+
+
 async def create_uvm(uvm_id: str, spec: dict[str, Any], options: runhcs_pb2.Options | None) -> Host:
     """Create and boot the pod's (or a standalone task's) UVM; terminated again if the boot fails."""
     # HCSSHIM_SHIM_HOST_FACTORY: ``module:function`` of another HostFactory, for tests that run the
@@ -159,11 +182,12 @@ async def create_uvm(uvm_id: str, spec: dict[str, Any], options: runhcs_pb2.Opti
     from hcsshim.uvm.template import create_uvm as create_templated_uvm
 
     templates = templates_enabled(spec, options)
+    pool = pool_config(spec, options)
     # Read CNI's netns before booting: a missing or empty one fails the pod with no VM started.
     pod_net = await network.open_pod_network(spec)
     try:
         document = build_uvm_document(uvm_id, spec, options)
-        vm = await create_templated_uvm(uvm_id, document, templates=templates)
+        vm = await create_templated_uvm(uvm_id, document, templates=templates, pool=pool)
     except BaseException:
         if pod_net is not None:
             await pod_net.release()

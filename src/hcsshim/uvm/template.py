@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import copy
 import fcntl
+import functools
 import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from hcsshim import errdefs
@@ -36,6 +38,19 @@ FAILED_SUFFIX = ".failed"
 # least recently used beyond this many are removed when another is built.
 MAX_TEMPLATES = 8
 FAILED_RETRY_AFTER = 600.0
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The warm pool of one configuration (uvm/pool.py): `size` paused clones kept ready (0: no
+    pool), the guest memory of all pooled clones together at most `memory_mb` (0: no cap)."""
+
+    size: int = 0
+    memory_mb: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0
 
 
 class TemplateUnavailable(Exception):
@@ -78,18 +93,39 @@ class TemplateStore:
     def complete(self, key: str) -> bool:
         return os.path.isfile(os.path.join(self.path(key), COMPLETE_FILE))
 
-    async def clone(self, uvm_id: str, document: Any) -> UtilityVM:
+    async def clone(self, uvm_id: str, document: Any, *, pool: PoolConfig | None = None) -> UtilityVM:
         """A created (not started) UVM restored from the template of `document`'s configuration,
-        building the template first when there is none. Raises ErrNotSupported where the backend
-        cannot clone and TemplateUnavailable where this configuration could not be saved."""
+        building the template first when there is none. With an enabled `pool` the UVM is a paused
+        clone taken from the warm pool when one is ready (uvm/pool.py), and the pool is refilled in
+        the background. Raises ErrNotSupported where the backend cannot clone and
+        TemplateUnavailable where this configuration could not be saved."""
         doc = document_to_dict(document, uvm_id)
         key = await template_key(doc)
         directory = await self.ensure(key, doc)
         # Last use, for the least-recently-used pruning.
         await asyncio.to_thread(_touch, os.path.join(directory, COMPLETE_FILE))
-        restored = copy.deepcopy(doc)
-        restored["VirtualMachine"]["RestoreState"] = {"SaveStateFilePath": directory, "TemplateSystemId": key}
+        restored = restored_document(doc, key, directory)
         started = time.monotonic()
+        if pool is not None and pool.enabled:
+            from hcsshim.uvm.pool import Pool
+
+            warm = Pool(store=self)
+            system = await warm.claim(f"{uvm_id}@vm", key, restored)
+            if system is not None:
+                log.info(
+                    "uvm taken from the warm pool",
+                    extra={"id": uvm_id, "template": key, "seconds": round(time.monotonic() - started, 3)},
+                )
+                vm = UtilityVM(uvm_id, system, restored)
+            else:
+                vm = await UtilityVM.create(uvm_id, restored)
+                log.info(
+                    "uvm restored from template",
+                    extra={"id": uvm_id, "template": key, "seconds": round(time.monotonic() - started, 3)},
+                )
+            # Refilled once this UVM is ready: the filler must not compete with the start.
+            vm.on_ready.append(functools.partial(warm.refill_in_background, key, restored, pool))
+            return vm
         vm = await UtilityVM.create(uvm_id, restored)
         log.info(
             "uvm restored from template",
@@ -165,6 +201,27 @@ class TemplateStore:
         )
         await asyncio.to_thread(self.prune_stale)
 
+    def stale_reason(self, directory: str, created: float | None = None) -> str | None:
+        """Why the template in `directory` can no longer be cloned (gone, rebuilt since `created`, or
+        its kernel, initrd or disks changed), or None while it is current. Blocking."""
+        try:
+            with open(os.path.join(directory, COMPLETE_FILE)) as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            return f"template {directory} is gone"
+        if created is not None and meta.get("created") != created:
+            return f"template {directory} was rebuilt"
+        changed = [str(f[0]) for f in meta.get("files", []) if _identity(str(f[0])) != f]
+        return f"the files of template {directory} changed: {', '.join(changed)}" if changed else None
+
+    def created(self, directory: str) -> float | None:
+        try:
+            with open(os.path.join(directory, COMPLETE_FILE)) as f:
+                value = json.load(f).get("created")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return float(value) if isinstance(value, (int, float)) else None
+
     def prune_stale(self, keep: int = MAX_TEMPLATES) -> list[str]:
         """Remove templates whose kernel, initrd or disks changed since they were saved (their key can
         never match again), then the least recently used beyond `keep`; returns what was removed."""
@@ -198,6 +255,13 @@ class TemplateStore:
 
     def list(self) -> list[dict[str, Any]]:
         return [{"key": name, "dir": self.path(name), **meta} for name, meta in self._templates()]
+
+
+def restored_document(doc: dict[str, Any], key: str, directory: str) -> dict[str, Any]:
+    """`doc` as a clone of the template `key` saved in `directory`."""
+    restored = copy.deepcopy(doc)
+    restored["VirtualMachine"]["RestoreState"] = {"SaveStateFilePath": directory, "TemplateSystemId": key}
+    return restored
 
 
 def _touch(path: str) -> None:
@@ -238,14 +302,20 @@ def _remove(path: str) -> None:
 
 
 async def create_uvm(
-    uvm_id: str, document: Any, *, templates: bool, store: TemplateStore | None = None
+    uvm_id: str,
+    document: Any,
+    *,
+    templates: bool,
+    store: TemplateStore | None = None,
+    pool: PoolConfig | None = None,
 ) -> UtilityVM:
-    """The UVM for `document`: from its template when `templates` is on and the backend can clone,
-    else booted cold (with a log line saying why)."""
+    """The UVM for `document`: from its template when `templates` is on and the backend can clone
+    (from the warm pool when `pool` is enabled and has one), else booted cold (with a log line
+    saying why)."""
     document = watch_guest_loops(document_to_dict(document, uvm_id))
     if templates:
         try:
-            return await (store or TemplateStore()).clone(uvm_id, document)
+            return await (store or TemplateStore()).clone(uvm_id, document, pool=pool)
         except ErrNotSupported as e:
             log.warning("uvm templates unavailable; booting cold", extra={"id": uvm_id, "why": str(e)})
         except TemplateUnavailable as e:

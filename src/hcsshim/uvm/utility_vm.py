@@ -10,6 +10,7 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from hcsshim import errdefs, settings
@@ -102,6 +103,9 @@ class UtilityVM:
         shares = (devices.get("Plan9") or {}).get("Shares") or []
         self.plan9 = Plan9Names({str(s.get("Name")) for s in shares})
         self.machine_id = ""
+        # Called once start() has the guest ready (the warm pool refills from here, so that
+        # refilling never competes with the start that emptied it).
+        self.on_ready: list[Callable[[], None]] = []
 
     # ---- lifetime --------------------------------------------------------------------------------
 
@@ -184,6 +188,8 @@ class UtilityVM:
             self._bridge = connect.result()
             self._bridge.on_timeout = self.diagnose_stall
             log.info("uvm ready", extra={"id": self.id})
+            for callback in self.on_ready:
+                callback()
             return
         err = connect.exception() if connect.done() and not connect.cancelled() else None
         connect.cancel()

@@ -178,8 +178,12 @@ def _scsi(ctrl: ScsiController) -> list[str]:
     return args
 
 
-def build_argv(qemu: str, name: str, cfg: VmConfig, paths: Paths, accel: str) -> list[str]:
-    """`accel` is QEMU's -accel argument: `kvm`, `tcg`, or with options (`tcg,thread=single`)."""
+def build_argv(
+    qemu: str, name: str, cfg: VmConfig, paths: Paths, accel: str, *, qmp_server: bool = False
+) -> list[str]:
+    """`accel` is QEMU's -accel argument: `kvm`, `tcg`, or with options (`tcg,thread=single`).
+    QEMU dials its creator's QMP socket, or with `qmp_server` listens on it itself (a parked clone:
+    whichever process adopts it later connects)."""
     kvm = accel.split(",")[0] == "kvm"
     argv = [
         qemu,
@@ -211,7 +215,7 @@ def build_argv(qemu: str, name: str, cfg: VmConfig, paths: Paths, accel: str) ->
         "-serial",
         "chardev:console",
         "-chardev",
-        f"socket,id=qmp,path={paths.qmp}",
+        f"socket,id=qmp,path={paths.qmp}" + (",server=on,wait=off" if qmp_server else ""),
         "-mon",
         "chardev=qmp,mode=control",
         "-device",

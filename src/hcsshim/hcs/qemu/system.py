@@ -21,6 +21,7 @@ from hcsshim import settings
 from hcsshim.hcs.errors import (
     ErrAlreadyExists,
     ErrComputeSystemDoesNotExist,
+    ErrElementNotFound,
     ErrInvalidData,
     ErrNotSupported,
     ErrVmcomputeAlreadyStopped,
@@ -28,7 +29,7 @@ from hcsshim.hcs.errors import (
     ErrVmcomputeUnexpectedExit,
     HcsError,
 )
-from hcsshim.hcs.qemu import devices, stall, template, vsock
+from hcsshim.hcs.qemu import devices, foreign, stall, template, vsock
 from hcsshim.hcs.qemu.accel import Accel, choose
 from hcsshim.hcs.qemu.cmdline import Paths, build_argv
 from hcsshim.hcs.qemu.config import VmConfig, parse_document
@@ -92,6 +93,9 @@ def sweep_stale_state(root: str) -> None:
         return
     for name in names:
         path = os.path.join(root, name)
+        if foreign.owner_gone(path) and not any(s.state_dir == path for s in _systems.values()):
+            # An adopted clone's QEMU outlives its owner (it is not its child): kill it here.
+            foreign.kill_parked(path)
         try:
             with open(os.path.join(path, PID_FILE)) as f:
                 alive = _qemu_alive(int(f.read().strip() or 0))
@@ -135,7 +139,8 @@ class QemuComputeSystem(ComputeSystem):
         )
         self.accel: Accel | None = None
         self.qmp = QMPClient(f"hcsshim-{system_id}")
-        self.proc: asyncio.subprocess.Process | None = None
+        # The QEMU process: our child, or a parked clone's QEMU adopted from another process.
+        self.proc: asyncio.subprocess.Process | foreign.ForeignProcess | None = None
         self.devices = devices.DeviceSet(self)
         self._state = SystemState.CREATED
         self._exit: ExitInfo | None = None
@@ -181,6 +186,78 @@ class QemuComputeSystem(ComputeSystem):
                 raise ErrInvalidData(op, system_id, f"starting QEMU failed: {e}") from e
             raise
         return system
+
+    @classmethod
+    async def adopt(cls, system_id: str, document: Document, directory: str) -> QemuComputeSystem:
+        """Take over the paused clone parked in `directory` (parked.py) as system `system_id`: the
+        directory is renamed to the system's state directory (atomic: of two adopters one gets it,
+        the other ErrElementNotFound), then its QEMU is watched and driven as if created here.
+        `document` must be the clone's document (same template key as the one it was parked with).
+        On any failure the clone is killed and nothing is left."""
+        op = "AdoptComputeSystem"
+        doc = document_to_dict(document, system_id, op)
+        if system_id in _systems:
+            raise ErrAlreadyExists(op, system_id, "a compute system with this id already exists")
+        cfg = await asyncio.to_thread(parse_document, doc, system_id, op)
+        if not cfg.restore_dir:
+            raise ErrInvalidData(op, system_id, "only a clone (VirtualMachine.RestoreState) can be adopted")
+        state_dir = state_dir_for(system_id)
+        await asyncio.to_thread(sweep_stale_state, os.path.dirname(state_dir))
+        if os.path.exists(state_dir):
+            left = await asyncio.to_thread(remove_tree_safely, state_dir)
+            if left:
+                raise ErrAlreadyExists(op, system_id, f"state directory {state_dir} is still in use: {left}")
+        await asyncio.to_thread(os.makedirs, os.path.dirname(state_dir), 0o700, True)
+        if system_id in _systems:
+            raise ErrAlreadyExists(op, system_id, "a compute system with this id already exists")
+        try:
+            await asyncio.to_thread(os.rename, directory, state_dir)
+        except FileNotFoundError:
+            raise ErrElementNotFound(op, system_id, f"{directory} was taken by another process") from None
+        except OSError as e:
+            raise ErrInvalidData(op, system_id, f"claiming {directory}: {e}") from e
+        system = cls(system_id, cfg, state_dir)
+        _systems[system_id] = system
+        try:
+            await system._adopt()
+        except BaseException as e:
+            if system.proc is None:  # never pinned: kill it by its parking record
+                await asyncio.to_thread(foreign.kill_parked, state_dir)
+            await system._kill_and_cleanup()
+            _systems.pop(system_id, None)
+            if isinstance(e, HcsError):
+                raise
+            if isinstance(e, (OSError, QMPError, TimeoutError)):
+                raise ErrInvalidData(op, system_id, f"adopting the parked clone failed: {e}") from e
+            raise
+        return system
+
+    async def _adopt(self) -> None:
+        op = "AdoptComputeSystem"
+        parked = await asyncio.to_thread(foreign.read_parked, self.state_dir)
+        pid, origin = (parked or {}).get("pid"), (parked or {}).get("origin")
+        if not isinstance(pid, int) or not isinstance(origin, str):
+            raise ErrInvalidData(op, self.id, f"{self.state_dir} holds no parked clone")
+        self.hvsocket_decision = vsock.choose(self.id)
+        if self.hvsocket_decision.transport != vsock.TRANSPORT_VIRTIO_SERIAL:
+            raise ErrNotSupported(op, self.id, "a parked clone is reached over virtio-serial, not vsock")
+        try:
+            proc = foreign.ForeignProcess.open(pid, origin)
+        except ProcessLookupError as e:
+            raise ErrVmcomputeUnexpectedExit(op, self.id, f"the parked QEMU is gone: {e}") from None
+        self.proc = proc
+        proc.watch()
+        self.accel = await choose(qemu_binary(), self.cfg.kernel)
+        await asyncio.to_thread(foreign.join_own_cgroup, pid)
+        await asyncio.to_thread(foreign.match_own_scheduling, pid)
+        await asyncio.to_thread(foreign.write_owner, self.state_dir)
+        await asyncio.wait_for(self.qmp.connect(self.paths.qmp), QMP_CONNECT_TIMEOUT)
+        status = await self.execute(op, "query-status")
+        run_state = status.get("status", "") if isinstance(status, dict) else ""
+        if run_state not in ("paused", "prelaunch"):
+            raise ErrInvalidData(op, self.id, f"the parked clone is {run_state!r}, not paused")
+        log.info("adopted a parked clone", extra={"id": self.id, "pid": pid, "parked_in": origin})
+        await self._created()
 
     async def _launch(self) -> None:
         os.makedirs(self.paths.plan9_root, mode=0o700)
@@ -240,6 +317,10 @@ class QemuComputeSystem(ComputeSystem):
         if self.cfg.restore_dir:
             await template.restore(self._qmp_execute, self.id, self.cfg, self._qemu_running)
             log.info("restored from template", extra={"id": self.id, "template": self.cfg.restore_dir})
+        await self._created()
+
+    async def _created(self) -> None:
+        """QEMU runs paused and answers QMP: attach the document's shares and start watching it."""
         for name, cfg_share in ((s.name, s) for s in self.cfg.plan9):
             await self.devices.add_plan9_share(name, cfg_share.path, cfg_share.read_only)
         self.devices.load_boot_disks()
@@ -251,6 +332,11 @@ class QemuComputeSystem(ComputeSystem):
         return await self.execute("Template", cmd, args)
 
     def _qemu_running(self) -> bool:
+        return self._proc_alive()
+
+    def _proc_alive(self) -> bool:
+        if isinstance(self.proc, foreign.ForeignProcess):
+            return self.proc.running
         return self.proc is not None and self.proc.returncode is None
 
     @property
@@ -334,7 +420,7 @@ class QemuComputeSystem(ComputeSystem):
         await self._cleanup()
         self._exited.set()
 
-    def _classify_exit(self, rc: int, console: str, qemu_log: str) -> ExitInfo:
+    def _classify_exit(self, rc: int | None, console: str, qemu_log: str) -> ExitInfo:
         details: dict[str, Any] = {"console_tail": console[-2000:], "qemu_log": qemu_log}
         if self._stopping_reason is not None:
             return ExitInfo(reason=self._stopping_reason, exit_code=rc, details=details)
@@ -342,7 +428,7 @@ class QemuComputeSystem(ComputeSystem):
         if self._panicked or panic:
             what = panic.group(0).strip() if panic else "guest panicked"
             return ExitInfo(reason="guest panic", exit_code=rc, error=what, details=details)
-        if rc < 0:
+        if rc is not None and rc < 0:
             sig = signal.Signals(-rc).name
             hint = " (killed from outside the shim, or by the OOM killer)" if sig == "SIGKILL" else ""
             return ExitInfo(f"qemu killed by {sig}", exit_code=rc, error=f"{sig}{hint}", details=details)
@@ -351,8 +437,9 @@ class QemuComputeSystem(ComputeSystem):
             return ExitInfo(reason="guest shut down", exit_code=rc, details=details)
         if ev.get("reason") == "guest-reset":
             return ExitInfo("guest reset", exit_code=rc, error="guest rebooted (-no-reboot)", details=details)
-        error = qemu_log.strip()[-300:] or f"exit status {rc}"
-        return ExitInfo(f"qemu exited with status {rc}", exit_code=rc, error=error, details=details)
+        status = "an unknown status (an adopted QEMU: not our child)" if rc is None else f"status {rc}"
+        error = qemu_log.strip()[-300:] or f"exit {status}"
+        return ExitInfo(f"qemu exited with {status}", exit_code=rc, error=error, details=details)
 
     async def _cleanup(self) -> None:
         with contextlib.suppress(Exception):
@@ -369,9 +456,11 @@ class QemuComputeSystem(ComputeSystem):
         _systems.pop(self.id, None)
 
     async def _kill_and_cleanup(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
+        if self.proc is not None and self._proc_alive():
             self.proc.kill()
             await self.proc.wait()
+        if isinstance(self.proc, foreign.ForeignProcess):
+            self.proc.close()
         await self._cleanup()
 
     # ---- operations ---------------------------------------------------------------------------
@@ -387,7 +476,7 @@ class QemuComputeSystem(ComputeSystem):
         try:
             return await self.qmp.execute(cmd, args)
         except QMPError as e:
-            if (self.proc is not None and self.proc.returncode is not None) or self._exited.is_set():
+            if (self.proc is not None and not self._proc_alive()) or self._exited.is_set():
                 raise ErrVmcomputeUnexpectedExit(op, self.id, f"QEMU exited during {cmd}") from e
             raise HcsError(op, self.id, f"QMP {cmd} failed: {e}") from e
 
@@ -437,7 +526,7 @@ class QemuComputeSystem(ComputeSystem):
         try:
             await asyncio.wait_for(self._exited.wait(), QUIT_TIMEOUT)
         except TimeoutError:
-            if self.proc is not None and self.proc.returncode is None:
+            if self.proc is not None and self._proc_alive():
                 self.proc.kill()
             await self._exited.wait()
 
@@ -492,7 +581,7 @@ class QemuComputeSystem(ComputeSystem):
         return props
 
     def rss_bytes(self) -> int:
-        if self.proc is None or self.proc.returncode is not None:
+        if self.proc is None or not self._proc_alive():
             return 0
         try:
             with open(f"/proc/{self.proc.pid}/status") as f:
