@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
+from hcsshim import procfs
 from hcsshim.api.shimdiag import shimdiag_pb2 as diag
 from hcsshim.shim.flags import FlagError, parse
 from hcsshim.shim.io import open_fifo, read_some, write_all
@@ -62,14 +63,8 @@ def _server_flags(argv: list[str]) -> list[str] | None:
 
 def find_shims() -> list[Shim]:
     shims: list[Shim] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-        except OSError:
-            continue
+    for pid in procfs.pids():
+        argv = [a.decode(errors="replace") for a in procfs.argv(pid) if a]
         args = _server_flags(argv)
         if args is None:
             continue
@@ -78,7 +73,7 @@ def find_shims() -> list[Shim]:
         except FlagError:
             continue
         if flags.socket:
-            shims.append(Shim(flags.namespace, flags.id, flags.socket, int(entry)))
+            shims.append(Shim(flags.namespace, flags.id, flags.socket, pid))
     return sorted(shims, key=lambda s: s.name)
 
 

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from hcsshim import hcs, settings
+from hcsshim import hcs, procfs, settings
 from hcsshim.hcs import ComputeSystem, ErrElementNotFound, HcsError
 from hcsshim.uvm.template import PoolConfig, TemplateStore
 
@@ -386,16 +386,9 @@ class Pool:
 def _fillers(root: str, key: str) -> Iterator[int]:
     """Filler processes of `key` in the pool at `root` (running or waiting for the lock)."""
     want = [FILLER_MODULE.encode(), key.encode(), root.encode()]
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if all(w in argv for w in want):
-            yield int(name)
+    for pid in procfs.pids():
+        if pid != os.getpid() and all(w in procfs.argv(pid) for w in want):
+            yield pid
 
 
 def _reap(pid: int) -> None:

@@ -18,6 +18,8 @@ import struct
 import time
 from typing import Any
 
+from hcsshim import procfs
+
 # Written by the parker into the directory: {"pid", "origin", "memory_mb"}. `origin` is the directory
 # the QEMU was started in; its argv names it, wherever the directory has been renamed to since.
 PARKED_FILE = "parked.json"
@@ -31,18 +33,10 @@ _PIDFD_GET_INFO = (3 << 30) | (_PIDFD_INFO_SIZE << 16) | (0xFF << 8) | 11
 _EXIT_CODE_OFFSET = 60
 
 
-def cmdline(pid: int) -> list[bytes]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().split(b"\0")
-    except OSError:
-        return []
-
-
 def names(pid: int, needle: str) -> bool:
     """Whether process `pid` is alive and its argv names `needle` (a state or parking directory)."""
     raw = needle.encode()
-    return bool(raw) and any(raw in arg for arg in cmdline(pid))
+    return bool(raw) and any(raw in arg for arg in procfs.argv(pid))
 
 
 def read_parked(directory: str) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from typing import Any
 from qemu.qmp import EventListener, QMPClient, QMPError
 
 from hcsshim import hvsock as mux
-from hcsshim import settings
+from hcsshim import procfs, settings
 from hcsshim.hcs.errors import (
     ErrAlreadyExists,
     ErrComputeSystemDoesNotExist,
@@ -76,11 +76,7 @@ STALE_GRACE = 60.0
 
 
 def _qemu_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"qemu" in f.read()
-    except OSError:
-        return False
+    return any(b"qemu" in arg for arg in procfs.argv(pid))
 
 
 def sweep_stale_state(root: str) -> None:
