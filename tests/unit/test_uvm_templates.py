@@ -3,18 +3,19 @@ QEMU argv of a template and of a clone, the configuration key, and the store's p
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hcsshim.hcs.errors import ErrInvalidData, ErrNotSupported
+from hcsshim.hcs.errors import ErrInvalidData, ErrNotSupported, HcsError
 from hcsshim.hcs.qemu import template
 from hcsshim.hcs.qemu.accel import QemuVersion
 from hcsshim.hcs.qemu.cmdline import Paths, blockdev_args, build_argv
@@ -28,7 +29,8 @@ from hcsshim.hcs.qemu.config import (
 )
 from hcsshim.hvsock import clone
 from hcsshim.layers.vhd import append_footer_to_path
-from hcsshim.uvm.template import COMPLETE_FILE, TemplateStore
+from hcsshim.uvm.template import COMPLETE_FILE, TemplateStore, create_uvm
+from hcsshim.uvm.utility_vm import UtilityVM
 
 identities = st.builds(
     clone.Identity,
@@ -375,3 +377,23 @@ def test_template_cli_lists_and_prunes_a_fake_store(
     assert capsys.readouterr().out.strip() == "removed bbbb"
     assert cli_main(["uvm", "template", "--root", str(root), "list"]) == 0
     assert "no uvm templates" in capsys.readouterr().out
+
+
+def test_a_failed_restore_boots_cold_instead_of_failing_the_pod_with_fake_store_and_vm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    created: list[str] = []
+    cold_vm = cast(UtilityVM, object())
+
+    class PrunedStore(TemplateStore):
+        async def clone(self, uvm_id: str, document: Any, *, pool: Any = None) -> UtilityVM:
+            raise HcsError("CreateComputeSystem", f"{uvm_id}@vm", "template memory file is gone (pruned)")
+
+    async def cold(uvm_id: str, document: Any = None) -> UtilityVM:
+        created.append(uvm_id)
+        return cold_vm
+
+    monkeypatch.setattr(UtilityVM, "create", staticmethod(cold))
+    store = PrunedStore("/nonexistent")
+    vm = asyncio.run(create_uvm("pod-x", {"VirtualMachine": {}}, templates=True, store=store))
+    assert vm is cold_vm and created == ["pod-x"]

@@ -322,4 +322,10 @@ async def create_uvm(
             log.error(
                 "no uvm template for this configuration; booting cold", extra={"id": uvm_id, "error": str(e)}
             )
+        except HcsError as e:
+            # The restore itself failed, e.g. another shim pruned the template between the lookup and
+            # QEMU's start: the pod still gets its UVM, booted as if there were no template.
+            log.error(
+                "restoring from the uvm template failed; booting cold", extra={"id": uvm_id, "error": str(e)}
+            )
     return await UtilityVM.create(uvm_id, document)
