@@ -203,7 +203,7 @@ async def create_uvm(uvm_id: str, spec: dict[str, Any], options: runhcs_pb2.Opti
             await pod_net.release()
         raise
     if pod_net is not None:
-        network.register(vm.id, pod_net)
+        network.register(vm, vm.id, pod_net)
     return vm
 
 

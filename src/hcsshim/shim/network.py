@@ -11,11 +11,15 @@ with the guest's namespace ID.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hcsshim.hvsock.abi import PORT_FORWARD_PORT
 from hcsshim.network import NetworkError, PodNetwork, guest_network_spec, pod_netns_path
+from hcsshim.network.pod import NicTarget
 from hcsshim.network.portforward import Dial, MuxChannel
+
+if TYPE_CHECKING:
+    from hcsshim.uvm import UtilityVM
 
 log = logging.getLogger("hcsshim.shim.network")
 
@@ -31,7 +35,7 @@ async def open_pod_network(spec: dict[str, Any]) -> PodNetwork | None:
 PORT_FORWARD_DIAL_TIMEOUT = 10.0
 
 
-def port_forward_dialer(vm: Any) -> Dial:
+def port_forward_dialer(vm: UtilityVM) -> Dial:
     """Dial the guest's port-forward service on the UVM's mux."""
 
     async def dial() -> MuxChannel:
@@ -51,27 +55,30 @@ def guest_spec(spec: dict[str, Any]) -> dict[str, Any]:
 __all__ = ["NetworkError", "PodNetwork", "guest_spec", "open_pod_network"]
 
 
-# The pod network of each UVM this shim created, by UVM id: the Pod closes it with the VM.
-_networks: dict[str, PodNetwork] = {}
+# The pod network of each UVM this shim created, by UVM id, with the UVM its NICs are in: the Pod
+# closes it with the VM.
+_networks: dict[str, tuple[PodNetwork, NicTarget]] = {}
 
 
-def register(uvm_id: str, net: PodNetwork) -> None:
-    _networks[uvm_id] = net
+def register(vm: NicTarget, uvm_id: str, net: PodNetwork) -> None:
+    _networks[uvm_id] = (net, vm)
 
 
-async def detach(host: Any) -> None:
+async def detach(host_id: str) -> None:
     """Before the VM goes: the guest and QEMU let go of the NICs (bounded, best effort)."""
-    net = _networks.get(host.id)
-    if net is not None:
-        await net.detach(host)
+    entry = _networks.get(host_id)
+    if entry is not None:
+        net, vm = entry
+        await net.detach(vm)
 
 
-async def release(host: Any) -> None:
+async def release(host_id: str) -> None:
     """After the VM is gone: taps and tc filters deleted, the namespace file closed."""
-    net = _networks.pop(host.id, None)
-    if net is not None:
-        await net.release()
+    entry = _networks.pop(host_id, None)
+    if entry is not None:
+        await entry[0].release()
 
 
-def network_of(host: Any) -> PodNetwork | None:
-    return _networks.get(host.id)
+def network_of(host_id: str) -> PodNetwork | None:
+    entry = _networks.get(host_id)
+    return entry[0] if entry is not None else None

@@ -104,10 +104,10 @@ class Pod:
         self._watch.cancel()
         with contextlib.suppress(BaseException):
             await self._watch
-        await network.detach(self.host)
+        await network.detach(self.host.id)
         try:
             await self.host.terminate()
         except Exception as exc:
             log.warning("uvm terminate failed", extra={"pod": self.id, "error": exc})
-        await network.release(self.host)
+        await network.release(self.host.id)
         log.info("uvm terminated", extra={"pod": self.id})
