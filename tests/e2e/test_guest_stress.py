@@ -1,15 +1,17 @@
-"""Regression test for the frozen guest: static-key live patching under multi-threaded TCG.
+"""Regression tests for the frozen guest: static-key live patching under multi-threaded TCG.
 
 QEMU before 8.1 could run a stale translation of a page the guest kernel was patching through a
 temporary INT3 (text_poke_bp); both vCPUs then spun in the int3 handler forever and the agent never
-ran again. Flipping `kernel.sched_schedstats` toggles a static key on every write; the container's
-own first memory cgroup flips memcg_kmem, the key that froze `runc create` in the first place. The
-test boots a UVM of its own (a frozen guest must not take the shared one down), runs 3000 flips
-while fork loops keep both vCPUs translating scheduler code, and asks the agent for its stacks
-(answered by the agent alone: no runc, no file system) every half second from the container's
-create to its exit: each answer must come within ANSWER_WITHIN and the stress must finish.
+ran again. Each test boots a UVM of its own (a frozen guest must not take the shared one down), keeps
+both vCPUs translating kernel code with fork loops while a static key is flipped, and asks the agent
+for its stacks every half second throughout: each answer must come within ANSWER_WITHIN and the
+stress must finish.
+- The scheduler's key: 3000 writes of `kernel.sched_schedstats` in a container, from its create on
+  (its first memory cgroup flips memcg_kmem, the key that froze `runc create` in the first place).
+- The page allocator's key: 1500 cpuset mkdir/rmdir pairs in the UVM itself (cpusets_enabled_key),
+  the hot path where the original freeze was caught.
 
-To run it against another QEMU: HCSSHIM_QEMU=/path/to/qemu HCSSHIM_ACCEL=tcg,thread=multi (the
+To run them against another QEMU: HCSSHIM_QEMU=/path/to/qemu HCSSHIM_ACCEL=tcg,thread=multi (the
 backend would otherwise make a QEMU older than 8.1 run TCG single-threaded)."""
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from hcsshim.gcs.bridge import BridgeTimeoutError
 from hcsshim.hcs.qemu.system import QemuComputeSystem
+from hcsshim.uvm import UtilityVM
 from tests.support.guest import container_document, oci_spec, read_all
 from tests.support.loop_watch import GUEST_SLOW_CALLBACK_MS
 from tests.support.uvm import STDIO_OUT, _layers, boot_files, boot_uvm, have_root_and_qemu, make_busybox_vhd
@@ -32,6 +37,8 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.timeout(600),
 ]
+
+T = TypeVar("T")
 
 FLIPS = 3000
 # A healthy agent answers in well under a second even under TCG with all vCPUs busy; a frozen
@@ -73,17 +80,47 @@ async def frozen_guest_report(console: str, accel: str, error: BaseException) ->
     )
 
 
+async def while_the_agent_answers(vm: UtilityVM, work: Coroutine[Any, Any, T]) -> tuple[T, list[float]]:
+    """Run `work` while asking the agent for its stacks every half second (answered by the agent
+    alone: no runc, no file system); each answer must come within ANSWER_WITHIN. The answer times."""
+    assert isinstance(vm.system, QemuComputeSystem) and vm.system.accel is not None
+    accel = f"QEMU {vm.system.accel.qemu_version}, {vm.system.accel.spec}"
+    console = vm.system.paths.console
+    latencies: list[float] = []
+
+    async def poll() -> None:
+        while True:
+            t0 = time.monotonic()
+            try:
+                await vm.bridge.dump_stacks(timeout=ANSWER_WITHIN)
+            except BridgeTimeoutError as e:
+                raise AssertionError(await frozen_guest_report(console, accel, e)) from e
+            latencies.append(time.monotonic() - t0)
+            await asyncio.sleep(0.5)
+
+    poller = asyncio.ensure_future(poll())
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait({poller, task}, return_when=asyncio.FIRST_COMPLETED)
+        if poller.done():
+            poller.result()  # raises the agent's silence
+        result = await task
+    finally:
+        for t in (poller, task):
+            t.cancel()
+        await asyncio.gather(poller, task, return_exceptions=True)
+    assert latencies, "the stress ended before the agent was asked anything"
+    return result, latencies
+
+
 def test_static_key_stress_keeps_the_agent_answering(tmp_path: Path) -> None:
     assert have_root_and_qemu(), "the e2e group needs root and qemu-system-x86_64 (make test sets them up)"
     assert boot_files() is not None, "the e2e group needs the UVM image (make test builds it)"
     layer_vhd = make_busybox_vhd(tmp_path)
 
-    async def run() -> tuple[int, bytes, list[float], str, str]:
+    async def run() -> tuple[int, bytes, list[float], str]:
         vm, _ = await boot_uvm(f"stress-{os.getpid()}")
         try:
-            assert isinstance(vm.system, QemuComputeSystem) and vm.system.accel is not None
-            accel = f"QEMU {vm.system.accel.qemu_version}, {vm.system.accel.spec}"
-            console = vm.system.paths.console
             layer = await vm.add_scsi(layer_vhd, read_only=True)
             cid = "stress"
             bundle = f"/run/gcs/c/{cid}"
@@ -92,19 +129,6 @@ def test_static_key_stress_keeps_the_agent_answering(tmp_path: Path) -> None:
             spec = oci_spec(["sh", "-c", STRESS], root=f"{bundle}/rootfs")
             spec["root"]["readonly"] = True
             spec["linux"]["readonlyPaths"] = []  # the stress writes /proc/sys
-            latencies: list[float] = []
-
-            async def poll() -> None:
-                """Ask the agent something every half second; each answer must come in time."""
-                while True:
-                    t0 = time.monotonic()
-                    try:
-                        # DumpStacks is answered by the agent alone: no runc, no file system.
-                        await vm.bridge.dump_stacks(timeout=ANSWER_WITHIN)
-                    except BridgeTimeoutError as e:
-                        raise AssertionError(await frozen_guest_report(console, accel, e)) from e
-                    latencies.append(time.monotonic() - t0)
-                    await asyncio.sleep(0.5)
 
             async def stress() -> tuple[int, bytes]:
                 # From the container's create on: its first memory cgroup flips the memcg_kmem key too.
@@ -114,32 +138,22 @@ def test_static_key_stress_keeps_the_agent_answering(tmp_path: Path) -> None:
                 out = await read_all(proc.stdout, 600)
                 return await vm.bridge.wait_process(cid, proc.pid, timeout=60), out
 
-            poller = asyncio.ensure_future(poll())
-            work = asyncio.ensure_future(stress())
-            try:
-                await asyncio.wait({poller, work}, return_when=asyncio.FIRST_COMPLETED)
-                if poller.done():
-                    poller.result()  # raises the agent's silence
-                code, out = await work
-            finally:
-                for t in (poller, work):
-                    t.cancel()
-                await asyncio.gather(poller, work, return_exceptions=True)
+            (code, out), latencies = await while_the_agent_answers(vm, stress())
             await vm.bridge.delete_container_state(cid)
             await vm.guest_modify("CombinedLayers", "Remove", layers)
-            watch = await asyncio.to_thread(Path(console).read_text, errors="replace")
-            return code, out, latencies, accel, watch
+            assert isinstance(vm.system, QemuComputeSystem)
+            console = await asyncio.to_thread(Path(vm.system.paths.console).read_text, errors="replace")
+            return code, out, latencies, console
         finally:
             await vm.terminate()
 
-    code, out, latencies, accel, console = asyncio.run(run())
+    code, out, latencies, console = asyncio.run(run())
     # The agent watched its own loop throughout (a report would have failed the test through
     # tests/support/loop_watch.py): its console says so, with the suite's threshold.
     installed = [line for line in console.splitlines() if "slow-callback watch installed" in line]
     assert installed and f'"threshold_ms": {GUEST_SLOW_CALLBACK_MS}' in installed[0], installed
-    assert code == 0 and out.endswith(f"flipped {FLIPS}\n".encode()), (accel, code, out)
-    assert latencies, "the stress ended before the agent was asked anything"
-    assert max(latencies) < ANSWER_WITHIN, (accel, latencies)
+    assert code == 0 and out.endswith(f"flipped {FLIPS}\n".encode()), (code, out)
+    assert max(latencies) < ANSWER_WITHIN, latencies
 
 
 CPUSET_FLIPS = 1500
@@ -172,36 +186,12 @@ def test_allocator_static_key_stress_keeps_the_agent_answering() -> None:
     async def run() -> tuple[int, bytes, bytes, list[float]]:
         vm, _ = await boot_uvm(f"stress-cpuset-{os.getpid()}")
         try:
-            assert isinstance(vm.system, QemuComputeSystem) and vm.system.accel is not None
-            accel = f"QEMU {vm.system.accel.qemu_version}, {vm.system.accel.spec}"
-            console = vm.system.paths.console
-            latencies: list[float] = []
-
-            async def poll() -> None:
-                while True:
-                    t0 = time.monotonic()
-                    try:
-                        await vm.bridge.dump_stacks(timeout=ANSWER_WITHIN)
-                    except BridgeTimeoutError as e:
-                        raise AssertionError(await frozen_guest_report(console, accel, e)) from e
-                    latencies.append(time.monotonic() - t0)
-                    await asyncio.sleep(0.5)
-
-            poller = asyncio.ensure_future(poll())
-            work = asyncio.ensure_future(vm.exec_in_uvm(["sh", "-c", CPUSET_STRESS], timeout=540))
-            try:
-                await asyncio.wait({poller, work}, return_when=asyncio.FIRST_COMPLETED)
-                if poller.done():
-                    poller.result()
-                code, out, err = await work
-            finally:
-                for t in (poller, work):
-                    t.cancel()
-                await asyncio.gather(poller, work, return_exceptions=True)
+            work = vm.exec_in_uvm(["sh", "-c", CPUSET_STRESS], timeout=540)
+            (code, out, err), latencies = await while_the_agent_answers(vm, work)
             return code, out, err, latencies
         finally:
             await vm.terminate()
 
     code, out, err, latencies = asyncio.run(run())
     assert (code, out.splitlines()[-1:]) == (0, [f"flipped {CPUSET_FLIPS}".encode()]), (code, out, err)
-    assert latencies and max(latencies) < ANSWER_WITHIN, latencies
+    assert max(latencies) < ANSWER_WITHIN, latencies

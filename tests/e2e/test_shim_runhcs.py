@@ -61,6 +61,14 @@ def _assert_gone(c: Containerd, task_id: str) -> None:
     assert wait_until(lambda: not os.path.exists(bundle), 10), "bundle left behind"
 
 
+def _kill_and_delete(containerd: Containerd, cid: str) -> None:
+    """SIGKILL the task, wait until containerd sees it stopped, delete task and container."""
+    containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
+    wait_until(lambda: _stopped(containerd, cid), 60)
+    containerd.ctr("task", "delete", cid, check=False, timeout=60)
+    containerd.ctr("container", "delete", cid, check=False)
+
+
 def test_ctr_run_rm_prints_output_and_exit_code(containerd: Containerd, image: str) -> None:
     proc = containerd.ctr(
         "run",
@@ -129,10 +137,7 @@ def test_ctr_task_exec_with_tty(containerd: Containerd, image: str) -> None:
         )
         assert proc.returncode == 4 and proc.stdout.strip() == "plain"
     finally:
-        containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
-        wait_until(lambda: "STOPPED" in containerd.ctr("task", "ls", check=False).stdout, 60)
-        containerd.ctr("task", "delete", cid, check=False, timeout=60)
-        containerd.ctr("container", "delete", cid, check=False)
+        _kill_and_delete(containerd, cid)
 
 
 def test_ctr_task_kill_and_delete_leave_nothing_behind(containerd: Containerd, image: str) -> None:
@@ -312,10 +317,7 @@ def test_oom_kill_inside_a_running_container_publishes_task_oom(containerd: Cont
         assert "/tasks/exit" not in events.topics(cid)
     finally:
         events.stop()
-        containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
-        wait_until(lambda: _stopped(containerd, cid), 60)
-        containerd.ctr("task", "delete", cid, check=False, timeout=60)
-        containerd.ctr("container", "delete", cid, check=False)
+        _kill_and_delete(containerd, cid)
     _assert_gone(containerd, cid)
 
 
@@ -358,10 +360,7 @@ def test_a_pod_uvm_comes_from_its_template_unless_the_annotation_asks_for_a_cold
         )
         assert (proc.returncode, proc.stdout.strip()) == (5, "plain")
     finally:
-        containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
-        wait_until(lambda: "STOPPED" in containerd.ctr("task", "ls", check=False).stdout, 60)
-        containerd.ctr("task", "delete", cid, check=False, timeout=60)
-        containerd.ctr("container", "delete", cid, check=False)
+        _kill_and_delete(containerd, cid)
     _assert_gone(containerd, cid)
 
 
@@ -390,8 +389,5 @@ def test_the_shim_and_its_guest_agent_watch_their_event_loops(containerd: Contai
         [pid] = qemu_pids(cid)
         assert any(f"hcsshim.slow_callback_ms={GUEST_SLOW_CALLBACK_MS}" in a for a in _qemu_argv(pid))
     finally:
-        containerd.ctr("task", "kill", "-s", "SIGKILL", cid, check=False)
-        wait_until(lambda: "STOPPED" in containerd.ctr("task", "ls", check=False).stdout, 60)
-        containerd.ctr("task", "delete", cid, check=False, timeout=60)
-        containerd.ctr("container", "delete", cid, check=False)
+        _kill_and_delete(containerd, cid)
     _assert_gone(containerd, cid)
