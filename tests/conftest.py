@@ -8,11 +8,27 @@ from collections.abc import Iterator
 import pytest
 
 from hcsshim import settings
-from tests.support.containerd import containerd, containerd_matrix
+from tests.support import containerd as containerd_support
+from tests.support.containerd import Containerd, containerd, containerd_matrix
 from tests.support.loop_watch import SLOW_CALLBACK_SECONDS, WATCH
 from tests.support.uvm import booted_uvm
 
 __all__ = ["booted_uvm", "containerd", "containerd_matrix"]
+
+
+def _watch_shims(c: Containerd) -> None:
+    WATCH.sources[f"containerd {c.base.name}"] = c.slow_callback_reports
+
+
+def _last_reports(c: Containerd) -> None:
+    # Reports from the teardown itself go to whichever test looks next.
+    if WATCH.sources.pop(f"containerd {c.base.name}", None) is not None:
+        for line in c.slow_callback_reports():
+            WATCH.add(f"containerd {c.base.name} (stopping): {line}")
+
+
+containerd_support.ON_START.append(_watch_shims)
+containerd_support.ON_STOPPED.append(_last_reports)
 
 
 @pytest.fixture(autouse=True)

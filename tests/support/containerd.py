@@ -41,14 +41,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from hcsshim import loopwatch
-from tests.support.loop_watch import WATCH
 from tests.support.procs import argvs
 
 CONTAINERD = "/usr/bin/containerd"
@@ -172,6 +171,13 @@ oom_score = 0
 
 # containerd version -> its config template (the keys of BIN_DIRS).
 CONFIG_TEMPLATES = {"1.6": CONFIG_TEMPLATE, "2.1": CONFIG_TEMPLATE_V3}
+
+
+# Called with each containerd once it answers, and once it and its shims are gone. The test suites
+# hook their slow-callback watch in here (tests/conftest.py); the benchmarks, which use the same
+# containerd, do not, and their shims run without it.
+ON_START: list[Callable[[Containerd], None]] = []
+ON_STOPPED: list[Callable[[Containerd], None]] = []
 
 
 class ContainerdError(RuntimeError):
@@ -378,7 +384,8 @@ def start_containerd(
             )
         _wait_ready(c, timeout)
         c.cri_ok = _cri_status(c)
-        WATCH.sources[f"containerd {base.name}"] = c.slow_callback_reports
+        for hook in ON_START:
+            hook(c)
     except BaseException:
         stop_containerd(c)
         raise
@@ -423,7 +430,6 @@ def _unmount_below(base: Path) -> None:
 
 def stop_containerd(c: Containerd) -> None:
     """Tear everything down; safe to call on a half-started instance and more than once."""
-    watched = WATCH.sources.pop(f"containerd {c.base.name}", None) is not None
     if c.process is not None and c.process.poll() is None:
         with contextlib.suppress(Exception):
             _remove_tasks(c)
@@ -441,10 +447,8 @@ def stop_containerd(c: Containerd) -> None:
                 os.killpg(pid, signal.SIGKILL)
             else:
                 os.kill(pid, signal.SIGKILL)
-    if watched:
-        # Reports from the teardown itself go to whichever test looks next.
-        for line in c.slow_callback_reports():
-            WATCH.add(f"containerd {c.base.name} (stopping): {line}")
+    for hook in ON_STOPPED:
+        hook(c)
     _unmount_below(c.base)
     shutil.rmtree(c.base, ignore_errors=True)
 

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from google.protobuf import timestamp_pb2
 
@@ -327,12 +327,42 @@ def run(
         except InfoError as exc:
             return 1, b"", f"{kind.binary}: {exc}\n"
     action = flags.action
-    try:
-        if action == "start":
-            data = b"".join(stdin) if stdin is not None else sys.stdin.buffer.read()
-            return 0, start(flags, data, bundle_dir(flags), kind), ""
-        if action == "delete":
-            return 0, delete(flags, bundle_dir(flags), kind), ""
-    except Exception as exc:
-        return 1, b"", f"{kind.binary} {action}: {exc}\n"
+    with _logs_held() as held:
+        try:
+            if action == "start":
+                data = b"".join(stdin) if stdin is not None else sys.stdin.buffer.read()
+                return 0, start(flags, data, bundle_dir(flags), kind), ""
+            if action == "delete":
+                return 0, delete(flags, bundle_dir(flags), kind), ""
+        except Exception as exc:
+            return 1, b"", f"{kind.binary} {action}: {exc}\n" + "".join(f"  {line}\n" for line in held)
     return 2, b"", f"{kind.binary}: unknown action {action!r} (start, delete, serve)\n"
+
+
+class _HeldLines(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname.lower()}: {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def _logs_held() -> Iterator[list[str]]:
+    """containerd reads what start and delete print as their answer, and containerd 1.6 reads their
+    stderr into the same answer (CombinedOutput): one log line there (asyncio's debug mode reporting
+    a slow callback, a Python warning) and the socket address it dials is garbage. Their warnings are
+    held instead, and shown only with an error."""
+    held: list[str] = []
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers[:] = [_HeldLines(held)]
+    root.setLevel(min(saved_level, logging.WARNING) if saved_level else logging.WARNING)
+    logging.captureWarnings(True)
+    try:
+        yield held
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
