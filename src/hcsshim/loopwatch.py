@@ -30,6 +30,8 @@ from typing import Any
 
 # What reports carry as their log message, so a reader of any log can find them.
 MESSAGE = "slow callback"
+# What install_logging logs once the watch is in force (with threshold_ms).
+INSTALLED = "slow-callback watch installed"
 # The kernel command-line parameter the guest agent reads (a dotted name: the kernel ignores it and
 # does not pass it to init).
 CMDLINE_PARAM = "hcsshim.slow_callback_ms"
@@ -113,13 +115,15 @@ def install(threshold: float, report: Report) -> None:
         asyncio.events.Handle._run = _timed_run  # type: ignore[method-assign]
 
 
-def logging_reporter(logger: logging.Logger) -> Report:
-    """A reporter that logs each slow callback as a warning with MESSAGE and its figures."""
+def install_logging(threshold: float, logger: logging.Logger) -> None:
+    """install() with a reporter that logs each slow callback as a warning with MESSAGE and its
+    figures, and one INSTALLED line saying the watch is in force."""
 
     def report(what: str, own: float, wall: float) -> None:
         logger.warning(MESSAGE, extra={"callback": what, "seconds": round(own, 3), "wall": round(wall, 3)})
 
-    return report
+    install(threshold, report)
+    logger.info(INSTALLED, extra={"threshold_ms": round(threshold * 1000)})
 
 
 def installed() -> float | None:

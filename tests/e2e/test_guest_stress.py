@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from hcsshim import loopwatch
 from hcsshim.gcs.bridge import BridgeTimeoutError
 from hcsshim.hcs.qemu.system import QemuComputeSystem
 from hcsshim.uvm import UtilityVM
@@ -44,16 +45,17 @@ FLIPS = 3000
 # A healthy agent answers in well under a second even under TCG with all vCPUs busy; a frozen
 # guest never answers. The bound is a hang guard, not a speed claim.
 ANSWER_WITHIN = 15.0
-STRESS = f"""
-test -w /proc/sys/kernel/sched_schedstats || {{ echo "sched_schedstats not writable"; exit 2; }}
-# Fork loops on both vCPUs keep the scheduler's schedstat sites being retranslated while the
-# flipper patches them: the patching vCPU and the one translating stale code differ.
-pids=""
+# Fork loops on both vCPUs keep kernel code being retranslated while the stress patches it: the
+# patching vCPU and the one translating stale code differ. `kill $pids` ends them.
+FORK_LOOPS = """pids=""
 for cpu in 0 1 1; do
     busybox taskset -c $cpu sh -c 'while :; do /bin/true; done' &
     pids="$pids $!"
 done
-i=0
+"""
+STRESS = f"""
+test -w /proc/sys/kernel/sched_schedstats || {{ echo "sched_schedstats not writable"; exit 2; }}
+{FORK_LOOPS}i=0
 while [ $i -lt {FLIPS} ]; do
     echo 1 > /proc/sys/kernel/sched_schedstats
     echo 0 > /proc/sys/kernel/sched_schedstats
@@ -150,7 +152,7 @@ def test_static_key_stress_keeps_the_agent_answering(tmp_path: Path) -> None:
     code, out, latencies, console = asyncio.run(run())
     # The agent watched its own loop throughout (a report would have failed the test through
     # tests/support/loop_watch.py): its console says so, with the suite's threshold.
-    installed = [line for line in console.splitlines() if "slow-callback watch installed" in line]
+    installed = [line for line in console.splitlines() if loopwatch.INSTALLED in line]
     assert installed and f'"threshold_ms": {GUEST_SLOW_CALLBACK_MS}' in installed[0], installed
     assert code == 0 and out.endswith(f"flipped {FLIPS}\n".encode()), (code, out)
     assert max(latencies) < ANSWER_WITHIN, latencies
@@ -164,12 +166,7 @@ CPUSET_FLIPS = 1500
 CPUSET_STRESS = f"""
 cd /sys/fs/cgroup || exit 2
 grep -qw cpuset cgroup.subtree_control || echo +cpuset > cgroup.subtree_control || exit 3
-pids=""
-for cpu in 0 1 1; do
-    busybox taskset -c $cpu sh -c 'while :; do /bin/true; done' &
-    pids="$pids $!"
-done
-i=0
+{FORK_LOOPS}i=0
 while [ $i -lt {CPUSET_FLIPS} ]; do
     mkdir hcsshim-flip && rmdir hcsshim-flip || {{ echo "mkdir/rmdir failed at $i"; break; }}
     i=$((i + 1))

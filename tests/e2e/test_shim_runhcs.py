@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from hcsshim import loopwatch
 from hcsshim.hcs.qemu.system import state_dir_for
 from tests.support.containerd import VERSIONS, Containerd, start_containerd, stop_containerd
 from tests.support.loop_watch import GUEST_SLOW_CALLBACK_MS, SLOW_CALLBACK_MS
@@ -384,7 +385,7 @@ def test_the_shim_and_its_guest_agent_watch_their_event_loops(containerd: Contai
     containerd.ctr("run", "-d", "--runtime", RUNTIME, image, cid, "sleep", "600", timeout=UVM_TIMEOUT)
     try:
         log = containerd.log_path.read_text(errors="replace")
-        installed = [line for line in log.splitlines() if "slow-callback watch installed" in line]
+        installed = [line for line in log.splitlines() if loopwatch.INSTALLED in line]
         assert installed and all(f"threshold_ms={SLOW_CALLBACK_MS}" in line for line in installed), installed
         [pid] = qemu_pids(cid)
         assert any(f"hcsshim.slow_callback_ms={GUEST_SLOW_CALLBACK_MS}" in a for a in _qemu_argv(pid))

@@ -6,11 +6,10 @@ that belongs in a thread.
 - This process: loopwatch is installed here, reporting to WATCH.
 - Shims under containerd and UVMs this process boots: HCSSHIM_SLOW_CALLBACK_MS and
   HCSSHIM_GUEST_SLOW_CALLBACK_MS are set in the environment they inherit, so each shim watches its
-  own loop and every UVM's kernel command line
-  asks its guest agent to watch its loop too. Their reports are log lines with loopwatch.MESSAGE:
-  the guest's reach this process through the UVM's log relay (caught by the handler below) or a
-  shim's log, which containerd copies into its log file (tests/support/containerd.py scans it and
-  adds what it finds through WATCH.sources).
+  own loop and every UVM's kernel command line asks its guest agent to watch its loop too. Their
+  reports are log lines with loopwatch.MESSAGE: the guest's reach this process through the UVM's
+  log relay (caught by the handler below) or a shim's log, which containerd copies into its log
+  file (tests/conftest.py hooks Containerd.slow_callback_reports into WATCH.sources).
 
 asyncio's debug mode (PYTHONASYNCIODEBUG) is on too, for its other checks (never-awaited coroutines,
 non-threadsafe calls)."""

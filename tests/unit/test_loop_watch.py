@@ -41,10 +41,15 @@ def test_a_loop_that_yields_is_not_reported() -> None:
     assert WATCH.take() == []
 
 
-def test_a_logging_reporter_logs_the_message_the_suites_look_for(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_logging_watch_logs_the_messages_the_suites_look_for(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("test.loopwatch")
     try:
-        loopwatch.install(SLOW_CALLBACK_SECONDS, loopwatch.logging_reporter(logger))
+        with caplog.at_level(logging.INFO, logger="test.loopwatch"):
+            loopwatch.install_logging(SLOW_CALLBACK_SECONDS, logger)
+        installed = [r for r in caplog.records if r.name == "test.loopwatch"]
+        assert [r.getMessage() for r in installed] == [loopwatch.INSTALLED]
+        assert installed[0].__dict__["threshold_ms"] == round(SLOW_CALLBACK_SECONDS * 1000)
+        caplog.clear()
 
         async def blocks() -> None:
             time.sleep(SLOW_CALLBACK_SECONDS * 2)

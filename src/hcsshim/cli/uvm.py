@@ -187,6 +187,7 @@ def _cmd_pool(ns: argparse.Namespace) -> int:
     from hcsshim.annotations.parse import AnnotationError
     from hcsshim.hcs import HcsError
     from hcsshim.shim.host import build_uvm_document, pool_config
+    from hcsshim.uvm.document import uvm_document
     from hcsshim.uvm.template import PoolConfig, TemplateUnavailable, restored_document
 
     spec = {"annotations": dict(a.split("=", 1) for a in ns.annotation)}
@@ -196,7 +197,7 @@ def _cmd_pool(ns: argparse.Namespace) -> int:
             size=configured.size if ns.size is None else ns.size,
             memory_mb=configured.memory_mb if ns.memory_mb is None else ns.memory_mb,
         )
-        document = build_uvm_document("hcsshim-uvm-pool", spec, None).to_dict()
+        document = uvm_document(build_uvm_document("hcsshim-uvm-pool", spec, None), "hcsshim-uvm-pool")
         key, directory = asyncio.run(pool.store.build_for(document))
         added = asyncio.run(pool.fill(key, config, restored_document(document, key, directory)))
     except (AnnotationError, HcsError, TemplateUnavailable, OSError) as e:

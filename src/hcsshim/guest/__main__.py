@@ -200,8 +200,7 @@ def watch_slow_callbacks(cmdline_path: str = "/proc/cmdline") -> float | None:
         return None
     if threshold is None:
         return None
-    loopwatch.install(threshold, loopwatch.logging_reporter(LOG))
-    LOG.info("slow-callback watch installed", extra={"threshold_ms": int(threshold * 1000)})
+    loopwatch.install_logging(threshold, LOG)
     return threshold
 
 

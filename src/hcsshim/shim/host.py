@@ -138,15 +138,20 @@ def build_uvm_document(owner: str, spec: dict[str, Any], options: runhcs_pb2.Opt
     return document
 
 
+def pod_annotations(spec: dict[str, Any], options: runhcs_pb2.Options | None) -> dict[str, str]:
+    """The runtime handler's default_container_annotations, overridden by the spec's own."""
+    merged = dict(options.default_container_annotations) if options is not None else {}
+    merged.update({str(k): str(v) for k, v in (spec.get("annotations") or {}).items()})
+    return merged
+
+
 def templates_enabled(spec: dict[str, Any], options: runhcs_pb2.Options | None) -> bool:
     """UVM templates for this pod: the spec's annotation, else the runtime handler's
     default_container_annotations, else on."""
     from hcsshim.annotations import keys
     from hcsshim.annotations.parse import parse_bool
 
-    merged = dict(options.default_container_annotations) if options is not None else {}
-    merged.update({str(k): str(v) for k, v in (spec.get("annotations") or {}).items()})
-    return parse_bool(merged, keys.UVM_TEMPLATES, True)
+    return parse_bool(pod_annotations(spec, options), keys.UVM_TEMPLATES, True)
 
 
 def pool_config(spec: dict[str, Any], options: runhcs_pb2.Options | None) -> PoolConfig:
@@ -157,8 +162,7 @@ def pool_config(spec: dict[str, Any], options: runhcs_pb2.Options | None) -> Poo
     from hcsshim.uvm.pool import MAX_SIZE
     from hcsshim.uvm.template import PoolConfig
 
-    merged = dict(options.default_container_annotations) if options is not None else {}
-    merged.update({str(k): str(v) for k, v in (spec.get("annotations") or {}).items()})
+    merged = pod_annotations(spec, options)
     current = settings.current()
     size = parse_uint32(merged, keys.UVM_POOL_SIZE, current.uvm_pool_size)
     if size > MAX_SIZE:
@@ -203,7 +207,7 @@ async def create_uvm(uvm_id: str, spec: dict[str, Any], options: runhcs_pb2.Opti
             await pod_net.release()
         raise
     if pod_net is not None:
-        network.register(vm, vm.id, pod_net)
+        network.register(vm, pod_net)
     return vm
 
 

@@ -358,7 +358,7 @@ def _logs_held() -> Iterator[list[str]]:
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     root.handlers[:] = [_HeldLines(held)]
-    root.setLevel(min(saved_level, logging.WARNING) if saved_level else logging.WARNING)
+    root.setLevel(logging.WARNING)
     logging.captureWarnings(True)
     try:
         yield held

@@ -60,8 +60,8 @@ __all__ = ["NetworkError", "PodNetwork", "guest_spec", "open_pod_network"]
 _networks: dict[str, tuple[PodNetwork, NicTarget]] = {}
 
 
-def register(vm: NicTarget, uvm_id: str, net: PodNetwork) -> None:
-    _networks[uvm_id] = (net, vm)
+def register(vm: UtilityVM, net: PodNetwork) -> None:
+    _networks[vm.id] = (net, vm)
 
 
 async def detach(host_id: str) -> None:
@@ -77,8 +77,3 @@ async def release(host_id: str) -> None:
     entry = _networks.pop(host_id, None)
     if entry is not None:
         await entry[0].release()
-
-
-def network_of(host_id: str) -> PodNetwork | None:
-    entry = _networks.get(host_id)
-    return entry[0] if entry is not None else None

@@ -62,8 +62,7 @@ def watch_slow_callbacks() -> None:
     ms = settings.current().slow_callback_ms
     if ms <= 0:
         return
-    loopwatch.install(ms / 1000, loopwatch.logging_reporter(log))
-    log.info("slow-callback watch installed", extra={"threshold_ms": ms})
+    loopwatch.install_logging(ms / 1000, log)
 
 
 def ttrpc_address(flags: Flags) -> str:

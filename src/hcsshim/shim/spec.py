@@ -17,7 +17,6 @@ class SpecError(ValueError):
     """config.json or its annotations are wrong: the caller's input."""
 
     kind = errdefs.Kind.INVALID_ARGUMENT
-    pass
 
 
 class Role(enum.Enum):

@@ -12,6 +12,7 @@ from hcsshim import loopwatch, settings
 # ~0.3 s the builder and schema modules take to import.
 from hcsshim.builder.lcow_v2 import build_lcow_uvm_v2
 from hcsshim.builder.options import BootFiles
+from hcsshim.hcs import document_to_dict
 from hcsshim.schema import ComputeSystem
 
 ENV_BOOT_FILES = settings.BOOT_FILES_ENV
@@ -55,3 +56,10 @@ def watch_guest_loops(document: dict[str, Any]) -> dict[str, Any]:
     direct = document["VirtualMachine"]["Chipset"]["LinuxKernelDirect"]
     direct["KernelCmdLine"] = f"{kernel_part} {param}{sep}{init_part}" if sep else f"{cmdline} {param}"
     return document
+
+
+def uvm_document(document: object, uvm_id: str) -> dict[str, Any]:
+    """The document a UVM of this process is created, cloned or templated from: `document` as an HCS
+    dict, with this process's guest settings (watch_guest_loops). Every path to a UVM goes through
+    here, so a template built by the CLI and the clones a shim restores have the same key."""
+    return watch_guest_loops(document_to_dict(document, uvm_id))

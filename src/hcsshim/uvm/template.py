@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hcsshim import errdefs
-from hcsshim.hcs import ErrNotSupported, HcsError, document_to_dict, template_key
-from hcsshim.uvm.document import boot_files_path, watch_guest_loops
+from hcsshim.hcs import ErrNotSupported, HcsError, template_key
+from hcsshim.uvm.document import boot_files_path, uvm_document
 from hcsshim.uvm.errors import UvmError
 from hcsshim.uvm.utility_vm import UtilityVM
 
@@ -99,7 +99,7 @@ class TemplateStore:
         clone taken from the warm pool when one is ready (uvm/pool.py), and the pool is refilled in
         the background. Raises ErrNotSupported where the backend cannot clone and
         TemplateUnavailable where this configuration could not be saved."""
-        doc = document_to_dict(document, uvm_id)
+        doc = uvm_document(document, uvm_id)
         key = await template_key(doc)
         directory = await self.ensure(key, doc)
         # Last use, for the least-recently-used pruning.
@@ -135,7 +135,7 @@ class TemplateStore:
 
     async def build_for(self, document: Any) -> tuple[str, str]:
         """(key, directory) of `document`'s template, built now unless it exists."""
-        doc = document_to_dict(document, "template")
+        doc = uvm_document(document, "template")
         key = await template_key(doc)
         return key, await self.ensure(key, doc)
 
@@ -312,7 +312,6 @@ async def create_uvm(
     """The UVM for `document`: from its template when `templates` is on and the backend can clone
     (from the warm pool when `pool` is enabled and has one), else booted cold (with a log line
     saying why)."""
-    document = watch_guest_loops(document_to_dict(document, uvm_id))
     if templates:
         try:
             return await (store or TemplateStore()).clone(uvm_id, document, pool=pool)

@@ -23,7 +23,6 @@ from hcsshim.hcs import (
     ExitInfo,
     HcsError,
     create_compute_system,
-    document_to_dict,
 )
 from hcsshim.hvsock import clone
 from hcsshim.hvsock.abi import (
@@ -36,7 +35,7 @@ from hcsshim.hvsock.abi import (
 from hcsshim.network import guest_network_spec
 from hcsshim.schema import requests
 from hcsshim.schema.modify import GuestModificationRequest, ModifySettingRequest
-from hcsshim.uvm.document import default_lcow_document, watch_guest_loops
+from hcsshim.uvm.document import default_lcow_document, uvm_document
 from hcsshim.uvm.errors import UvmError
 from hcsshim.uvm.plan9 import Plan9Mount, Plan9Names
 from hcsshim.uvm.scsi import ScsiMount, ScsiSlots
@@ -116,7 +115,7 @@ class UtilityVM:
         """Create (not start) the VM from `document`, or from the default LCOW document."""
         if document is None:
             document = default_lcow_document(uvm_id, annotations)
-        doc = watch_guest_loops(document_to_dict(document, uvm_id))
+        doc = uvm_document(document, uvm_id)
         system = await create_compute_system(f"{uvm_id}@vm", doc)
         return cls(uvm_id, system, doc)
 
