@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -491,3 +492,22 @@ def test_a_detached_filler_is_spawned_at_sched_idle_and_refuses_a_gone_template(
     pool_mod._wait(functools.partial(pool_mod._no_fillers, pool.root, "k1"), 60)  # idle: may wait
     log = Path(pool.key_dir("k1"), "filler.log").read_text()
     assert "not filling the warm pool" in log and pool.ready("k1") == []
+
+
+def test_no_filler_is_spawned_where_the_fake_host_cannot_park(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = _pool(tmp_path)
+    doc = _document(str(tmp_path / "templates" / "t"))
+    monkeypatch.setattr(hcs, "parking_unsupported", lambda: "this host uses vsock (fake)")
+    spawned: list[object] = []
+
+    def fake_spawn(*args: object, **kwargs: object) -> int:
+        spawned.append(args)
+        return 1
+
+    monkeypatch.setattr(os, "posix_spawn", fake_spawn)
+    with caplog.at_level(logging.INFO, logger=pool_mod.log.name):
+        pool._spawn_filler("k1", doc, PoolConfig(1))
+    assert spawned == [] and not os.path.exists(Path(pool.key_dir("k1"), "filler.log"))
+    assert any(getattr(r, "why", "") == "this host uses vsock (fake)" for r in caplog.records)

@@ -125,6 +125,17 @@ def _parking(op: str, backend: str | None) -> None:
         raise ErrNotSupported(op, "", f"the {chosen} backend cannot park VMs")
 
 
+def parking_unsupported(backend: str | None = None) -> str | None:
+    """Why this host cannot park clones (None when it can), without starting anything. Blocking
+    (the vsock probe opens a device)."""
+    chosen = backend or default_backend()
+    if chosen != "qemu":
+        return f"the {chosen} backend cannot park VMs"
+    from hcsshim.hcs.qemu.parked import unsupported
+
+    return unsupported()
+
+
 async def park_clone(directory: str, document: Document, backend: str | None = None) -> int:
     """Start the clone `document` describes (VirtualMachine.RestoreState) in the new directory
     `directory`, owned by no process and left paused, for a later adopt_parked_clone; returns its
@@ -201,5 +212,6 @@ __all__ = [
     "open_compute_system",
     "park_clone",
     "parked_clone_alive",
+    "parking_unsupported",
     "template_key",
 ]

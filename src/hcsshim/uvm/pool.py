@@ -321,6 +321,11 @@ class Pool:
     def _spawn_filler(self, key: str, document: dict[str, Any], config: PoolConfig) -> None:
         if not self.deficit(key, config):
             return
+        # A filler would fail at its first park: not one per pod start, just this line.
+        why = hcs.parking_unsupported()
+        if why:
+            log.info("warm pool not refilled", extra={"template": key, "why": why})
+            return
         kd = self.key_dir(key)
         os.makedirs(kd, 0o700, exist_ok=True)
         _write_json(os.path.join(kd, DOCUMENT_FILE), document)

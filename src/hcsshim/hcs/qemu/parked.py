@@ -43,6 +43,14 @@ def paths_in(directory: str) -> Paths:
     )
 
 
+def unsupported(name: str = "") -> str | None:
+    """Why clones cannot be parked on this host, or None."""
+    decision = vsock.choose(name)
+    if decision.transport != vsock.TRANSPORT_VIRTIO_SERIAL:
+        return f"a parked clone is reached over virtio-serial; this host uses vsock ({decision.reason})"
+    return None
+
+
 async def park(directory: str, document: Document) -> int:
     """Start a clone of `document` (which has VirtualMachine.RestoreState) in the new directory
     `directory`, restore it and leave it paused with nobody connected; returns QEMU's pid. On any
@@ -52,13 +60,9 @@ async def park(directory: str, document: Document) -> int:
     cfg = await asyncio.to_thread(parse_document, doc, name, OP)
     if not cfg.restore_dir:
         raise ErrInvalidData(OP, name, "only a clone (VirtualMachine.RestoreState) can be parked")
-    decision = vsock.choose(name)
-    if decision.transport != vsock.TRANSPORT_VIRTIO_SERIAL:
-        raise ErrNotSupported(
-            OP,
-            name,
-            f"a parked clone is reached over virtio-serial; this host uses vsock ({decision.reason})",
-        )
+    why = unsupported(name)
+    if why:
+        raise ErrNotSupported(OP, name, why)
     accel = await choose(qemu_binary(), cfg.kernel)
     ok, why = template.supported(accel.qemu_version)
     if not ok:
