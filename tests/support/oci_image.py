@@ -7,6 +7,7 @@ makes the CRI pause image (same layer, a long ``sleep`` as entrypoint).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -101,11 +102,17 @@ def build_image(
     cmd: list[str] | None = None,
     busybox: str = BUSYBOX,
     extra_layers: Sequence[bytes] = (),
+    gzip_layers: bool = False,
 ) -> str:
     """Write the OCI image tarball to ``path`` and return ``path``; ``extra_layers`` (uncompressed
-    tars) go above the busybox layer, in order."""
-    layer = Blob(MEDIA_LAYER, _layer(busybox))
-    uppers = [Blob(MEDIA_LAYER, data) for data in extra_layers]
+    tars) go above the busybox layer, in order; ``gzip_layers`` stores every layer gzip-compressed
+    (media type ``...tar+gzip``; the config's diff_ids stay the uncompressed digests)."""
+    plain = [Blob(MEDIA_LAYER, data) for data in (_layer(busybox), *extra_layers)]
+    if gzip_layers:
+        blobs = [Blob(MEDIA_LAYER + "+gzip", gzip.compress(b.data, mtime=0)) for b in plain]
+    else:
+        blobs = plain
+    layer, uppers = blobs[0], blobs[1:]
     config_doc = {
         "architecture": "amd64",
         "os": "linux",
@@ -116,7 +123,7 @@ def build_image(
             "Cmd": cmd if cmd is not None else (None if entrypoint else ["sh"]),
             "WorkingDir": "/",
         },
-        "rootfs": {"type": "layers", "diff_ids": [b.digest for b in (layer, *uppers)]},
+        "rootfs": {"type": "layers", "diff_ids": [b.digest for b in plain]},
     }
     config = Blob(MEDIA_CONFIG, json.dumps(config_doc, sort_keys=True).encode())
     manifest_doc = {
