@@ -101,7 +101,8 @@ class TarSink:
         self._out = out
         self._blob = hashlib.sha256()
         self._blob_size = 0
-        self._tar = hashlib.sha256()
+        # Uncompressed, the blob is the tar: one hash serves both digests.
+        self._tar = self._blob if compression == Compression.NONE else hashlib.sha256()
         self._tar_size = 0
         self._gzip = _Gzip() if compression == Compression.GZIP else None
         self._zstd: subprocess.Popen[bytes] | None = None
@@ -117,7 +118,8 @@ class TarSink:
 
     def _emit(self, data: bytes) -> None:
         if data:
-            self._tar.update(data)
+            if self._tar is not self._blob:
+                self._tar.update(data)
             self._tar_size += len(data)
             self._out.write(data)
 

@@ -104,7 +104,6 @@ class Differ:
                 with contextlib.suppress(Exception):
                     sink.abort()
                 raise
-            os.fsync(out.fileno())
         if digests.blob_digest != desc.digest:
             raise invalid(f"layer {desc.digest}: the content store's blob has digest {digests.blob_digest}")
         if desc.size and digests.blob_size != desc.size:
