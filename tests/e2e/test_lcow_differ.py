@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from hcsshim.hcs.qemu.system import state_dir_for
+from hcsshim.hvsock.abi import SCSI_MOUNT_ROOT
 from hcsshim.layers import vhd
 from tests.support.containerd import Containerd, available, running_containerd
 from tests.support.cri import CriClient
@@ -202,12 +203,20 @@ def test_cri_handler_snapshotter_runs_a_pod_from_differ_vhd_layers(lcow2: Lcow, 
     pod_id = cri.run_pod_sandbox(config, HANDLER)
     cid = ""
     try:
-        script = "cat /top.txt; test -e /bin/wc && echo WC-PRESENT || echo WC-GONE; sleep 600"
+        script = "cat /top.txt; test -e /bin/wc && echo WC-PRESENT || echo WC-GONE; cat /proc/self/mountinfo"
+        script += "; echo MOUNTINFO-END; sleep 600"
         cid = cri.create_container(pod_id, config, "app", IMAGE, ["sh", "-c", script], "app.log")
         cri.start_container(cid)
         log = tmp_path / "app.log"
-        assert wait_until(lambda: "WC-GONE" in _log_text(log), 180), _log_text(log) + c.log_tail(40)
-        assert _log_text(log).splitlines()[:2] == ["from the upper layer", "WC-GONE"], _log_text(log)
+        assert wait_until(lambda: "MOUNTINFO-END" in _log_text(log), 180), _log_text(log) + c.log_tail(40)
+        lines = _log_text(log).splitlines()
+        assert lines[:2] == ["from the upper layer", "WC-GONE"], lines
+        # Inside the guest the container's / is an overlay whose lower layers are SCSI disk mounts.
+        (root,) = [line for line in lines if len(line.split()) > 4 and line.split()[4] == "/"]
+        fstype, _, options = root.split(" - ", 1)[1].split(" ", 2)
+        lowers = next(o for o in options.split(",") if o.startswith("lowerdir=")).split("=", 1)[1].split(":")
+        assert fstype == "overlay" and len(lowers) == 2, root
+        assert all(p.startswith(SCSI_MOUNT_ROOT + "/") for p in lowers), root
         applied, text = _applied_since(lcow2, mark)
         # The pause image's one layer is the app image's base layer (another blob, the same diff_id):
         # its chain is unpacked once and shared, so two layers were applied, each adopted at Commit.

@@ -29,6 +29,8 @@ from hcsshim.snapshotter.content import NAMESPACE_HEADER, ContentClient
 from hcsshim.snapshotter.core import Snapshotter
 from hcsshim.snapshotter.differ import Differ
 from hcsshim.snapshotter.diffservice import DiffService
+from hcsshim.snapshotter.errors import Kind as ErrKind
+from hcsshim.snapshotter.errors import SnapshotError
 from hcsshim.snapshotter.service import serve
 from tests.support.snapshots_client import SnapshotsClient
 
@@ -392,3 +394,66 @@ def test_foreign_mounts_media_types_and_diff_are_not_implemented_with_fake_conte
             await _expect(grpc.StatusCode.UNIMPLEMENTED, "lcow differ", env.apply(view, tar, digest, 1))
 
     asyncio.run(main())
+
+
+@needs_root
+def test_a_failed_commit_gives_the_applied_vhd_back_with_fake_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tar = _layer_tar()
+
+    async def main() -> None:
+        async with served_with_fake_content(tmp_path) as env:
+            digest = env.store.add(NS, tar)
+            key = f"{NS}/1/extract-1 {CHAIN}"
+            mounts = await env.snapshots.prepare(key, labels={core.LABEL_SNAPSHOT_REF: CHAIN})
+            await env.apply(mounts, blob.MEDIA_TYPE_TAR, digest, len(tar))
+
+            def failing(*args: Any) -> Any:
+                raise OSError("disk full (injected)")
+
+            monkeypatch.setattr(env.sn.store, "commit", failing)
+            with pytest.raises(grpc.aio.AioRpcError, match="injected"):
+                await env.snapshots.commit(f"{NS}/2/{CHAIN}", key)
+            # The snapshot is still active and its retried Commit succeeds.
+            assert (await env.snapshots.stat(key)).kind == 2
+            monkeypatch.undo()
+            await env.snapshots.commit(f"{NS}/2/{CHAIN}", key)
+            assert (await env.snapshots.stat(f"{NS}/2/{CHAIN}")).kind == 3
+        layer = tmp_path / "root" / "layers" / CHAIN.split(":")[1] / lcow_mount.LAYER_FILE
+        assert _debugfs(layer, "cat /etc/hello.txt") == "hello from the differ\n"
+
+    asyncio.run(main())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    upper=st.one_of(
+        st.text(alphabet="/abc.1", max_size=40),
+        st.builds(
+            lambda n, tail: f"ROOT/snapshots/{n}{tail}",
+            st.text("0123456789x", max_size=4),
+            st.sampled_from(["/fs", "/fs/..", "/work", "", "/fs/x"]),
+        ),
+    )
+)
+def test_only_an_unpack_snapshots_own_upperdir_is_an_apply_target(
+    upper: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path_factory.mktemp("sn")
+    sn = Snapshotter(str(root / "root"), scratch_size_gb=1, host_mounts=False)
+    try:
+        mounts = sn.prepare(f"{NS}/1/extract-1 {CHAIN}", "", {})
+        own = next(o for o in mounts[0].options if o.startswith("upperdir="))
+        assert sn.unpack_target(mounts).key.endswith(CHAIN)
+        opts = [o for o in mounts[0].options if o != own]
+        candidate = upper.replace("ROOT", str(root / "root"))
+        m = core.Mount("overlay", "overlay", (*opts, f"upperdir={candidate}"))
+        if os.path.normpath(candidate) == own[len("upperdir=") :]:
+            assert sn.unpack_target([m]).key.endswith(CHAIN)
+        else:
+            with pytest.raises(SnapshotError) as info:
+                sn.unpack_target([m])
+            assert info.value.kind in (ErrKind.NOT_IMPLEMENTED, ErrKind.NOT_FOUND)
+    finally:
+        sn.close()

@@ -257,11 +257,12 @@ class Snapshotter:
             layer = self._layer_name(rec, name, labels)
             fs_dir = os.path.join(self._snap_dir(rec), "fs")
             applied = self._applied(rec)
+            final = self.layer_dir(layer)
+            have_final = os.path.isfile(os.path.join(final, lcow_mount.LAYER_FILE))
             work = ""
-            if applied is not None:
+            if applied is not None and not have_final:
                 work = self._adopt(rec, name)  # the differ's VHD, moved out of the snapshot
-        final = self.layer_dir(layer)
-        if applied is None and not os.path.isfile(os.path.join(final, lcow_mount.LAYER_FILE)):
+        if applied is None and not have_final:
             work = self._convert(fs_dir, name)
         inflight = os.path.basename(work)
         try:
@@ -287,6 +288,8 @@ class Snapshotter:
                 self._discard(self._snap_dir(rec))
         finally:
             if work:
+                if applied is not None:
+                    self._unadopt(rec, work)
                 shutil.rmtree(work, ignore_errors=True)
             with self._lock:
                 self._inflight.discard(inflight)
@@ -329,6 +332,19 @@ class Snapshotter:
             self.drop_work(work)
             raise SnapshotError(ErrKind.INTERNAL, f"adopting the applied layer of {name!r}: {e}") from e
         return work
+
+    def _unadopt(self, rec: Record, work: str) -> None:
+        """A commit that failed after _adopt gives the VHD back to its snapshot (if it is still
+        there), so a retried Commit finds it."""
+        with self._lock:
+            cur = self.store.find(rec.key)
+            if cur is None or cur.id != rec.id or cur.kind != Kind.ACTIVE:
+                return
+            with contextlib.suppress(OSError):
+                os.rename(
+                    os.path.join(work, lcow_mount.LAYER_FILE),
+                    os.path.join(self._snap_dir(rec), lcow_mount.LAYER_FILE),
+                )
 
     def new_work(self, prefix: str) -> str:
         """A fresh directory under tmp/ that cleanup leaves alone until drop_work."""
