@@ -106,17 +106,20 @@ def _applied_since(lcow: Lcow, mark: int) -> tuple[list[str], str]:
     return APPLIED.findall(text), text
 
 
-def test_ctr_import_unpacks_through_the_lcow_differ_into_adopted_vhds(lcow2: Lcow) -> None:
+@pytest.mark.parametrize("compression", ["gzip", "zstd", ""])
+def test_ctr_import_unpacks_through_the_lcow_differ_into_adopted_vhds(lcow2: Lcow, compression: str) -> None:
     """containerd 2.1's transfer service (ctr images import) with unpack_config lcow -> lcow-diff."""
     c = lcow2.containerd
     mark = len(lcow2.log())
     with tempfile.TemporaryDirectory() as d:
-        tar = build_image(os.path.join(d, "img.tar"), IMAGE, extra_layers=[_upper_layer()], gzip_layers=True)
+        tar = build_image(
+            os.path.join(d, "img.tar"), IMAGE, extra_layers=[_upper_layer()], compression=compression
+        )
         c.ctr("images", "import", "--snapshotter", SNAPSHOTTER, tar, timeout=180)
     layers = lcow2.layer_vhds()
     assert len(layers) == 2 and all(vhd.is_fixed_vhd(str(p)) for p in layers), lcow2.vhds()
     applied, text = _applied_since(lcow2, mark)
-    assert len(applied) == 2, text
+    assert len(applied) == 2 and text.count(f"({compression or 'none'},") == 2, text
     # Both commits took the differ's VHD; no layer went through an unpacked directory.
     assert text.count(ADOPTED) == 2 and CONVERTED not in text, text
     upper = next(p for p in layers if "top.txt" in _debugfs(p, "ls /"))
@@ -132,7 +135,7 @@ def test_malformed_layer_through_the_differ_fails_naming_it_and_leaves_nothing(l
     c = lcow2.containerd
     garbage = b"this is not a tar archive\n" * 64
     with tempfile.TemporaryDirectory() as d:
-        tar = build_image(os.path.join(d, "bad.tar"), BAD_IMAGE, extra_layers=[garbage], gzip_layers=True)
+        tar = build_image(os.path.join(d, "bad.tar"), BAD_IMAGE, extra_layers=[garbage], compression="gzip")
         proc = c.ctr("images", "import", "--snapshotter", SNAPSHOTTER, tar, check=False, timeout=180)
     digest = "sha256:" + hashlib.sha256(gzip.compress(garbage, mtime=0)).hexdigest()
     out = proc.stdout + proc.stderr
@@ -194,7 +197,9 @@ def test_cri_handler_snapshotter_runs_a_pod_from_differ_vhd_layers(lcow2: Lcow, 
     assert c.cri_ok, c.log_tail()
     mark = len(lcow2.log())
     with tempfile.TemporaryDirectory() as d:
-        tar = build_image(os.path.join(d, "img.tar"), IMAGE, extra_layers=[_upper_layer()], gzip_layers=True)
+        tar = build_image(
+            os.path.join(d, "img.tar"), IMAGE, extra_layers=[_upper_layer()], compression="gzip"
+        )
         for t in (tar, build_pause_image(os.path.join(d, "pause.tar"))):
             c.ctr("images", "import", t, namespace="k8s.io", timeout=180)
     assert lcow2.layer_vhds() == []

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import tarfile
 import time
 from collections.abc import Sequence
@@ -94,6 +95,15 @@ def _layer(busybox: str) -> bytes:
     return buf.getvalue()
 
 
+def compress(data: bytes, compression: str) -> bytes:
+    """A layer blob's bytes: ``gzip`` (mtime 0, so the digest is stable) or ``zstd`` (the command)."""
+    if compression == "gzip":
+        return gzip.compress(data, mtime=0)
+    if compression == "zstd":
+        return subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True, check=True).stdout
+    raise ValueError(f"unknown layer compression {compression!r}")
+
+
 def build_image(
     path: str,
     name: str = DEFAULT_NAME,
@@ -102,16 +112,17 @@ def build_image(
     cmd: list[str] | None = None,
     busybox: str = BUSYBOX,
     extra_layers: Sequence[bytes] = (),
-    gzip_layers: bool = False,
+    compression: str = "",
 ) -> str:
     """Write the OCI image tarball to ``path`` and return ``path``; ``extra_layers`` (uncompressed
-    tars) go above the busybox layer, in order; ``gzip_layers`` stores every layer gzip-compressed
-    (media type ``...tar+gzip``; the config's diff_ids stay the uncompressed digests)."""
+    tars) go above the busybox layer, in order; ``compression`` ``gzip`` or ``zstd`` stores every
+    layer compressed (media type ``...tar+gzip`` / ``+zstd``; the diff_ids stay the tars' digests)."""
     plain = [Blob(MEDIA_LAYER, data) for data in (_layer(busybox), *extra_layers)]
-    if gzip_layers:
-        blobs = [Blob(MEDIA_LAYER + "+gzip", gzip.compress(b.data, mtime=0)) for b in plain]
-    else:
-        blobs = plain
+    blobs = (
+        [Blob(MEDIA_LAYER + "+" + compression, compress(b.data, compression)) for b in plain]
+        if compression
+        else plain
+    )
     layer, uppers = blobs[0], blobs[1:]
     config_doc = {
         "architecture": "amd64",
