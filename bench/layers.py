@@ -170,7 +170,7 @@ def conversion() -> None:
     print(f"{label:44} {m:>10.2f} {r:>10.2f} {m / r:>8.2f}")
     at, ag = statistics.median(apply_tar), statistics.median(apply_gz)
     print(f"{'lcow differ Apply, tar blob -> VHD (s)':44} {at:>10.2f} {r:>10.2f} {at / r:>8.2f}")
-    label = f"lcow differ Apply, tar.gz ({gz_mib:.0f} MiB) -> VHD (s)"
+    label = f"lcow differ Apply, tar.gz {gz_mib:.0f} MiB -> VHD (s)"
     print(f"{label:44} {ag:>10.2f} {r:>10.2f} {ag / r:>8.2f}")
     print("(mke2fs -d reads the tree already unpacked; tar -> VHD and Apply include unpacking the tar)")
 
