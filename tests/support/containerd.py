@@ -314,7 +314,23 @@ def _with_cri_snapshotter(text: str, version: str, snapshotter: str) -> str:
     return text.replace(table, table + line, 1) if table in text else text + "\n" + table + line
 
 
-def _write_config(c: Containerd, extra_config: str, cri_snapshotter: str = "") -> None:
+def _with_handler_snapshotters(text: str, version: str, snapshotters: dict[str, str]) -> str:
+    """``snapshotter = ...`` in each named CRI runtime handler's table (1.7+: per handler)."""
+    plugin = "io.containerd.grpc.v1.cri" if version == "1.6" else "io.containerd.cri.v1.runtime"
+    for handler, snapshotter in snapshotters.items():
+        table = f'[plugins."{plugin}".containerd.runtimes.{handler}]\n'
+        if table not in text:
+            raise ContainerdError(f"no CRI runtime handler {handler!r} in the config template")
+        text = text.replace(table, table + f'  snapshotter = "{snapshotter}"\n', 1)
+    return text
+
+
+def _write_config(
+    c: Containerd,
+    extra_config: str,
+    cri_snapshotter: str = "",
+    handler_snapshotters: dict[str, str] | None = None,
+) -> None:
     for d in (c.root, c.state, c.base / "cni" / "bin", c.base / "cni" / "net.d"):
         d.mkdir(parents=True, exist_ok=True)
     text = CONFIG_TEMPLATES[c.version].format(
@@ -325,6 +341,7 @@ def _write_config(c: Containerd, extra_config: str, cri_snapshotter: str = "") -
         debug=c.base / "d.sock",
         base=c.base,
     )
+    text = _with_handler_snapshotters(text, c.version, handler_snapshotters or {})
     c.config_path.write_text(_with_cri_snapshotter(text, c.version, cri_snapshotter) + extra_config)
 
 
@@ -358,9 +375,11 @@ def start_containerd(
     timeout: float = 30.0,
     version: str = DEFAULT_VERSION,
     cri_snapshotter: str = "",
+    handler_snapshotters: dict[str, str] | None = None,
 ) -> Containerd:
     """Start a private containerd and wait until it answers; call :func:`stop_containerd` afterwards.
-    ``cri_snapshotter`` sets the snapshotter CRI pulls into and creates containers with."""
+    ``cri_snapshotter`` sets the snapshotter CRI pulls into and creates containers with;
+    ``handler_snapshotters`` (runtime handler -> snapshotter) the ones of single CRI handlers."""
     if version not in BIN_DIRS:
         raise ContainerdError(f"unknown containerd version {version!r} (known: {', '.join(VERSIONS)})")
     base = Path(f"/run/hcsshim-test-{secrets.token_hex(4)}")
@@ -371,7 +390,7 @@ def start_containerd(
     env["PATH"] = os.pathsep.join(path)
     c = Containerd(base=base, namespace=namespace, env=env, version=version)
     try:
-        _write_config(c, extra_config, cri_snapshotter)
+        _write_config(c, extra_config, cri_snapshotter, handler_snapshotters)
         with open(c.log_path, "ab") as log:
             c.process = subprocess.Popen(
                 [c.containerd_binary, "--config", str(c.config_path)],
@@ -461,6 +480,7 @@ def running_containerd(
     timeout: float = 30.0,
     version: str = DEFAULT_VERSION,
     cri_snapshotter: str = "",
+    handler_snapshotters: dict[str, str] | None = None,
 ) -> Iterator[Containerd]:
     c = start_containerd(
         namespace=namespace,
@@ -468,6 +488,7 @@ def running_containerd(
         timeout=timeout,
         version=version,
         cri_snapshotter=cri_snapshotter,
+        handler_snapshotters=handler_snapshotters,
     )
     try:
         yield c

@@ -15,6 +15,7 @@ from pathlib import Path
 from tests.support.shim_checks import mounts_under, wait_until
 
 NAME = "lcow"
+DIFFER = "lcow-diff"  # the differ's proxy plugin (containerd 1.7.4+/2.x), on the daemon's socket
 
 
 @dataclass
@@ -24,9 +25,30 @@ class LcowSnapshotter:
     log: Path
     process: subprocess.Popen[bytes]
 
-    def proxy_config(self) -> str:
-        head = f"\n[proxy_plugins]\n  [proxy_plugins.{NAME}]\n"
-        return head + f'    type = "snapshot"\n    address = "{self.address}"\n'
+    @property
+    def containerd_link(self) -> Path:
+        """Where the daemon dials containerd (``--containerd-address``): a symlink made by
+        :meth:`link_containerd` once containerd's random socket path is known."""
+        return self.root.parent / "containerd.sock"
+
+    def link_containerd(self, grpc_address: str) -> None:
+        self.containerd_link.unlink(missing_ok=True)
+        self.containerd_link.symlink_to(grpc_address)
+
+    def proxy_config(self, *, differ: bool = False) -> str:
+        """The proxy_plugins table; with ``differ`` (containerd 2.x config version 3) also the differ
+        plugin, first in the diff service's order (client-side and CRI on-demand unpack) and the
+        transfer service's differ for unpacks into lcow (``ctr images import``, CRI pull)."""
+        text = f"\n[proxy_plugins]\n  [proxy_plugins.{NAME}]\n"
+        text += f'    type = "snapshot"\n    address = "{self.address}"\n'
+        if not differ:
+            return text
+        text += f'  [proxy_plugins.{DIFFER}]\n    type = "diff"\n    address = "{self.address}"\n'
+        text += f'\n[plugins."io.containerd.service.v1.diff-service"]\n  default = ["{DIFFER}", "walking"]\n'
+        for sn, diff in (("overlayfs", "walking"), (NAME, DIFFER)):
+            text += '\n[[plugins."io.containerd.transfer.v1.local".unpack_config]]\n'
+            text += f'  platform = "linux/amd64"\n  snapshotter = "{sn}"\n  differ = "{diff}"\n'
+        return text
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -41,6 +63,7 @@ def _start(base: Path, scratch_size_gb: int) -> LcowSnapshotter:
     address = str(base / "sn.sock")
     argv = [sys.executable, "-m", "hcsshim.snapshotter.daemon", "--root", str(base / "root")]
     argv += ["--address", address, "--scratch-size-gb", str(scratch_size_gb), "--log-level", "debug"]
+    argv += ["--containerd-address", str(base / "containerd.sock")]
     with open(log, "ab") as f:
         proc = subprocess.Popen(argv, stdout=f, stderr=f, stdin=subprocess.DEVNULL, start_new_session=True)
     sn = LcowSnapshotter(base / "root", address, log, proc)

@@ -7,10 +7,12 @@ makes the CRI pause image (same layer, a long ``sleep`` as entrypoint).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import os
+import subprocess
 import tarfile
 import time
 from collections.abc import Sequence
@@ -93,6 +95,15 @@ def _layer(busybox: str) -> bytes:
     return buf.getvalue()
 
 
+def compress(data: bytes, compression: str) -> bytes:
+    """A layer blob's bytes: ``gzip`` (mtime 0, so the digest is stable) or ``zstd`` (the command)."""
+    if compression == "gzip":
+        return gzip.compress(data, mtime=0)
+    if compression == "zstd":
+        return subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True, check=True).stdout
+    raise ValueError(f"unknown layer compression {compression!r}")
+
+
 def build_image(
     path: str,
     name: str = DEFAULT_NAME,
@@ -101,11 +112,18 @@ def build_image(
     cmd: list[str] | None = None,
     busybox: str = BUSYBOX,
     extra_layers: Sequence[bytes] = (),
+    compression: str = "",
 ) -> str:
     """Write the OCI image tarball to ``path`` and return ``path``; ``extra_layers`` (uncompressed
-    tars) go above the busybox layer, in order."""
-    layer = Blob(MEDIA_LAYER, _layer(busybox))
-    uppers = [Blob(MEDIA_LAYER, data) for data in extra_layers]
+    tars) go above the busybox layer, in order; ``compression`` ``gzip`` or ``zstd`` stores every
+    layer compressed (media type ``...tar+gzip`` / ``+zstd``; the diff_ids stay the tars' digests)."""
+    plain = [Blob(MEDIA_LAYER, data) for data in (_layer(busybox), *extra_layers)]
+    blobs = (
+        [Blob(MEDIA_LAYER + "+" + compression, compress(b.data, compression)) for b in plain]
+        if compression
+        else plain
+    )
+    layer, uppers = blobs[0], blobs[1:]
     config_doc = {
         "architecture": "amd64",
         "os": "linux",
@@ -116,7 +134,7 @@ def build_image(
             "Cmd": cmd if cmd is not None else (None if entrypoint else ["sh"]),
             "WorkingDir": "/",
         },
-        "rootfs": {"type": "layers", "diff_ids": [b.digest for b in (layer, *uppers)]},
+        "rootfs": {"type": "layers", "diff_ids": [b.digest for b in plain]},
     }
     config = Blob(MEDIA_CONFIG, json.dumps(config_doc, sort_keys=True).encode())
     manifest_doc = {

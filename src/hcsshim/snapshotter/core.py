@@ -6,17 +6,22 @@ Layout under the root::
     snapshots/<id>/          an active snapshot: fs/ + work/ while unpacking, sandbox.vhd for a container
     layers/<name>/layer.vhd  a committed layer (name = chain ID hex when known: shared by every
                              snapshot, image and namespace with that chain); mnt/ its host loop mount
-    tmp/                     commits in progress and removals; emptied at start
+    tmp/                     commits, applies in progress and removals; emptied at start
+    convert/                 the host converter's private unpack directories; emptied at start
     empty/                   an empty lower directory
 
-Unpack (containerd 1.6's walking differ) writes into an overlay upperdir on the host, so Prepare of an
-``extract-`` key returns a plain overlay; Commit turns that directory into an ext4 VHD (its overlay
-whiteouts kept), written under tmp/ and renamed into layers/, so a crash never leaves a half-written
-layer. A container snapshot gets a sparse ext4 scratch VHD and two mounts (see layers.lcow_mount)."""
+Unpack through containerd 1.6's walking differ writes into an overlay upperdir on the host, so Prepare
+of an ``extract-`` key returns a plain overlay; Commit turns that directory into an ext4 VHD (its
+overlay whiteouts kept), written under tmp/ and renamed into layers/, so a crash never leaves a
+half-written layer. With the lcow differ (containerd 1.7.4+/2.x, differ.py) the same overlay mount only
+names the snapshot: the differ writes ``snapshots/<id>/layer.vhd`` from the layer tar, the upperdir stays
+empty, and Commit adopts that VHD as it is. A container snapshot gets a sparse ext4 scratch VHD and two
+mounts (see layers.lcow_mount)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -47,6 +52,7 @@ log = logging.getLogger("hcsshim.snapshotter")
 LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"
 LABEL_ROOTFS_SIZE_GB = "containerd.io/snapshot/io.microsoft.container.storage.rootfs.size-gb"
 UNPACK_KEY_PREFIX = "extract-"
+APPLIED_FILE = "applied.json"  # beside an applied layer.vhd in an unpack snapshot: what the differ saw
 DEFAULT_SCRATCH_GB = 20
 _CHAIN = re.compile(r"^sha256:([0-9a-f]{64})$")
 GiB = 1024**3
@@ -113,8 +119,10 @@ class Snapshotter:
         self.root = os.path.abspath(root)
         self.scratch_size_gb = scratch_size_gb
         self.host_mounts = host_mounts
-        for d in ("snapshots", "layers", "tmp", "empty"):
+        for d in ("snapshots", "layers", "tmp", "empty", "convert"):
             os.makedirs(os.path.join(self.root, d), mode=0o711, exist_ok=True)
+        for n in os.listdir(self.convert_dir):  # a crash's leftovers (no converter runs yet)
+            shutil.rmtree(os.path.join(self.convert_dir, n), ignore_errors=True)
         self._lock = threading.RLock()
         self._inflight: set[str] = set()  # tmp/ entries of conversions running outside the lock
         self.store = Store(os.path.join(self.root, "metadata.db"))
@@ -131,6 +139,10 @@ class Snapshotter:
     @property
     def empty(self) -> str:
         return os.path.join(self.root, "empty")
+
+    @property
+    def convert_dir(self) -> str:
+        return os.path.join(self.root, "convert")
 
     # ---- operations ----------------------------------------------------------------------------
 
@@ -244,13 +256,20 @@ class Snapshotter:
                 raise SnapshotError(ErrKind.ALREADY_EXISTS, f"snapshot {name!r} already exists")
             layer = self._layer_name(rec, name, labels)
             fs_dir = os.path.join(self._snap_dir(rec), "fs")
-        final = self.layer_dir(layer)
-        work = ""
-        if not os.path.isfile(os.path.join(final, lcow_mount.LAYER_FILE)):
+            applied = self._applied(rec)
+            final = self.layer_dir(layer)
+            have_final = os.path.isfile(os.path.join(final, lcow_mount.LAYER_FILE))
+            work = ""
+            if applied is not None and not have_final:
+                work = self._adopt(rec, name)  # the differ's VHD, moved out of the snapshot
+        if applied is None and not have_final:
             work = self._convert(fs_dir, name)
         inflight = os.path.basename(work)
         try:
-            _, inodes = _disk_usage(fs_dir)  # outside the lock: the unpacked tree no longer changes
+            if applied is not None:
+                inodes = applied
+            else:
+                _, inodes = _disk_usage(fs_dir)  # outside the lock: the unpacked tree no longer changes
             with self._lock:
                 if self.store.find(key) is None:
                     raise not_found(f"snapshot {key!r} was removed during its commit")
@@ -269,10 +288,13 @@ class Snapshotter:
                 self._discard(self._snap_dir(rec))
         finally:
             if work:
+                if applied is not None:
+                    self._unadopt(rec, work)
                 shutil.rmtree(work, ignore_errors=True)
             with self._lock:
                 self._inflight.discard(inflight)
-        log.info("snapshot %r committed as %r (layer %s)", key, name, layer)
+        how = "the lcow differ's VHD adopted" if applied is not None else "converted from its directory"
+        log.info("snapshot %r committed as %r (layer %s, %s)", key, name, layer, how)
         return committed
 
     def _layer_name(self, rec: Record, name: str, labels: dict[str, str]) -> str:
@@ -281,6 +303,102 @@ class Snapshotter:
             if m:
                 return m.group(1)
         return f"snapshot-{rec.id}"
+
+    def _applied(self, rec: Record) -> int | None:
+        """The inode count the differ recorded when it wrote this snapshot's layer.vhd, else None."""
+        d = self._snap_dir(rec)
+        try:
+            with open(os.path.join(d, APPLIED_FILE), encoding="utf-8") as f:
+                entries = int(json.load(f)["entries"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as e:
+            raise SnapshotError(ErrKind.INTERNAL, f"snapshot {rec.key!r}: bad {APPLIED_FILE}: {e}") from e
+        if any(os.scandir(os.path.join(d, "fs"))):
+            raise precondition(
+                f"snapshot {rec.key!r} holds both an applied layer VHD and files in its upper directory"
+            )
+        return entries
+
+    def _adopt(self, rec: Record, name: str) -> str:
+        """Move the applied layer.vhd into a fresh directory under tmp/ (as _convert leaves one)."""
+        work = self.new_work("commit-")
+        try:
+            os.chmod(work, 0o755)
+            out = os.path.join(work, lcow_mount.LAYER_FILE)
+            os.rename(os.path.join(self._snap_dir(rec), lcow_mount.LAYER_FILE), out)
+            os.chmod(out, 0o444)
+        except OSError as e:
+            self.drop_work(work)
+            raise SnapshotError(ErrKind.INTERNAL, f"adopting the applied layer of {name!r}: {e}") from e
+        return work
+
+    def _unadopt(self, rec: Record, work: str) -> None:
+        """A commit that failed after _adopt gives the VHD back to its snapshot (if it is still
+        there), so a retried Commit finds it."""
+        with self._lock:
+            cur = self.store.find(rec.key)
+            if cur is None or cur.id != rec.id or cur.kind != Kind.ACTIVE:
+                return
+            with contextlib.suppress(OSError):
+                os.rename(
+                    os.path.join(work, lcow_mount.LAYER_FILE),
+                    os.path.join(self._snap_dir(rec), lcow_mount.LAYER_FILE),
+                )
+
+    def new_work(self, prefix: str) -> str:
+        """A fresh directory under tmp/ that cleanup leaves alone until drop_work."""
+        with self._lock:
+            work = tempfile.mkdtemp(prefix=prefix, dir=os.path.join(self.root, "tmp"))
+            self._inflight.add(os.path.basename(work))
+        return work
+
+    def drop_work(self, work: str) -> None:
+        self._drop_work(work)
+
+    def unpack_target(self, mounts: Sequence[Mount]) -> Record:
+        """The unpack snapshot whose Prepare returned ``mounts``; NotImplemented for any other
+        mounts (containerd's diff service then tries its next differ)."""
+        if len(mounts) != 1 or mounts[0].type != "overlay":
+            kinds = ", ".join(m.type for m in mounts) or "none"
+            raise not_implemented(f"lcow differ: mounts ({kinds}) are not an lcow unpack snapshot")
+        upper = ""
+        for opt in mounts[0].options:
+            if opt.startswith("upperdir="):
+                upper = os.path.normpath(opt[len("upperdir=") :])
+        snaps = os.path.join(self.root, "snapshots")
+        parent, leaf = os.path.split(upper)
+        sid = os.path.basename(parent)
+        if leaf != "fs" or os.path.dirname(parent) != snaps or not sid.isdigit():
+            raise not_implemented(f"lcow differ: overlay upperdir {upper or '(none)'!r} is not under {snaps}")
+        with self._lock:
+            rec = self.store.get_id(int(sid))
+        if rec.kind != Kind.ACTIVE or not rec.extract:
+            raise precondition(f"snapshot {rec.key!r} is not an active unpack snapshot")
+        return rec
+
+    def install_applied(self, rec: Record, vhd_path: str, entries: int) -> None:
+        """Move the differ's finished VHD into the unpack snapshot; Commit adopts it."""
+        with self._lock:
+            cur = self.store.find(rec.key)
+            if cur is None or cur.id != rec.id:
+                raise not_found(f"snapshot {rec.key!r} was removed while its layer was applied")
+            d = self._snap_dir(rec)
+            target = os.path.join(d, lcow_mount.LAYER_FILE)
+            if os.path.lexists(target):
+                raise precondition(f"snapshot {rec.key!r} already has an applied layer")
+            if any(os.scandir(os.path.join(d, "fs"))):
+                raise precondition(f"snapshot {rec.key!r}: its upper directory is not empty")
+            with open(vhd_path, "rb") as f:
+                os.fsync(f.fileno())
+            meta = os.path.join(d, APPLIED_FILE + ".part")
+            with open(meta, "w", encoding="utf-8") as f:
+                json.dump({"entries": entries}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(vhd_path, target)
+            os.rename(meta, os.path.join(d, APPLIED_FILE))
+            _fsync_dir(d)
 
     def _convert(self, fs_dir: str, name: str) -> str:
         """ext4 + VHD footer of the unpacked directory in a fresh directory under tmp/."""
@@ -386,6 +504,8 @@ class Snapshotter:
             return rec.size, rec.inodes
         d = self._snap_dir(rec)
         if rec.kind == Kind.ACTIVE and rec.extract:
+            with contextlib.suppress(FileNotFoundError):
+                return os.stat(os.path.join(d, lcow_mount.LAYER_FILE)).st_blocks * 512, 1
             return _disk_usage(os.path.join(d, "fs"))
         if rec.kind == Kind.ACTIVE:
             with contextlib.suppress(FileNotFoundError):

@@ -1,4 +1,5 @@
-"""``lcow-snapshotter``: the lcow snapshotter daemon (a containerd proxy plugin of type snapshot)."""
+"""``lcow-snapshotter``: the lcow snapshotter daemon: a containerd proxy plugin of type snapshot, and
+on the same socket the lcow differ (a proxy plugin of type diff, containerd 1.7.4+ and 2.x)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,25 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from hcsshim.snapshotter.content import DEFAULT_CONTAINERD_ADDRESS, ContentClient
 from hcsshim.snapshotter.core import DEFAULT_SCRATCH_GB, Snapshotter
+from hcsshim.snapshotter.differ import Differ
+from hcsshim.snapshotter.diffservice import DiffService
 from hcsshim.snapshotter.service import serve
 
 DEFAULT_ROOT = "/var/lib/hcsshim-lcow-snapshotter"
 DEFAULT_ADDRESS = "/run/hcsshim-lcow-snapshotter/snapshotter.sock"
 
 
-async def run(root: str, address: str, scratch_size_gb: int) -> None:
+async def run(root: str, address: str, scratch_size_gb: int, containerd_address: str) -> None:
     sn = await asyncio.to_thread(Snapshotter, root, scratch_size_gb=scratch_size_gb)
+    differ = Differ(sn, ContentClient(containerd_address))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        server = await serve(sn, address)
+        server = await serve(sn, address, [DiffService(differ).handler()])
         logging.getLogger("hcsshim.snapshotter").info("serving on %s (root %s)", address, root)
         print(f"lcow-snapshotter: serving on {address}", flush=True)
         await stop.wait()
@@ -33,6 +38,7 @@ async def run(root: str, address: str, scratch_size_gb: int) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(address)
+        await differ.close()
         await asyncio.to_thread(sn.close)
 
 
@@ -46,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_SCRATCH_GB,
         help="size of a container's sparse scratch disk unless the rootfs.size-gb label says otherwise",
     )
+    p.add_argument(
+        "--containerd-address",
+        default=DEFAULT_CONTAINERD_ADDRESS,
+        help="containerd's gRPC socket, where the differ reads layer blobs "
+        f"(default {DEFAULT_CONTAINERD_ADDRESS})",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ns = p.parse_args(argv)
     if ns.scratch_size_gb <= 0:
@@ -53,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=ns.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    asyncio.run(run(ns.root, ns.address, ns.scratch_size_gb))
+    asyncio.run(run(ns.root, ns.address, ns.scratch_size_gb, ns.containerd_address))
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc  # type: ignore[import-untyped]
@@ -26,7 +26,7 @@ log = logging.getLogger("hcsshim.snapshotter.service")
 SERVICE = "containerd.services.snapshots.v1.Snapshots"
 LIST_BATCH = 100
 
-_CODES = {
+CODES = {
     ErrKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     ErrKind.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
     ErrKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
@@ -68,7 +68,7 @@ class SnapshotsService:
             return await asyncio.to_thread(fn)
         except SnapshotError as e:
             log.info("%s failed: %s", what, e.message)
-            await context.abort(_CODES[e.kind], e.message)
+            await context.abort(CODES[e.kind], e.message)
             raise  # abort raises; this keeps type checkers content
         except Exception as e:
             log.exception("%s failed", what)
@@ -155,13 +155,14 @@ class SnapshotsService:
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
-async def serve(snapshotter: Snapshotter, address: str) -> Any:
-    """Start a grpc.aio server on the unix socket `address` (a stale socket file is replaced)."""
+async def serve(snapshotter: Snapshotter, address: str, extra_handlers: Sequence[Any] = ()) -> Any:
+    """Start a grpc.aio server on the unix socket `address` (a stale socket file is replaced), with
+    the snapshots service and any ``extra_handlers`` (the lcow differ's)."""
     os.makedirs(os.path.dirname(os.path.abspath(address)), mode=0o711, exist_ok=True)
     if os.path.exists(address):
         os.unlink(address)
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((SnapshotsService(snapshotter).handler(),))
+    server.add_generic_rpc_handlers((SnapshotsService(snapshotter).handler(), *extra_handlers))
     if server.add_insecure_port(f"unix:{address}") == 0:
         raise OSError(f"cannot listen on unix:{address}")
     await server.start()
