@@ -32,19 +32,24 @@ class _Limited:
         return data
 
 
-def _run(argv: list[str]) -> None:
+def _run(argv: list[str], env: dict[str, str]) -> None:
     import subprocess
 
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise OSError(f"{' '.join(argv)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
 
 
 def run(args: dict[str, Any]) -> dict[str, Any]:
     tools = str(args["tools"])
-    os.environ["PATH"] = f"{tools}/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    os.environ["LD_LIBRARY_PATH"] = f"{tools}/lib"
-    os.environ["MKE2FS_CONFIG"] = f"{tools}/etc/mke2fs.conf"
+    # The tools disk's e2fsprogs, its libraries and the host's mke2fs.conf (the agent's own
+    # environment is not the host's, so none of it is inherited).
+    env = {
+        "PATH": f"{tools}/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LD_LIBRARY_PATH": f"{tools}/lib",
+        "MKE2FS_CONFIG": f"{tools}/etc/mke2fs.conf",
+        "LC_ALL": "C",
+    }
     import tarfile
     import tempfile
 
@@ -55,9 +60,9 @@ def run(args: dict[str, Any]) -> dict[str, Any]:
     try:
         # tmpfs has no user.* xattrs before Linux 6.6: unpack onto an ext4 scratch disk instead (its
         # readdir order does not matter, mke2fs -d sorts).
-        _run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E", "nodiscard", str(args["scratch"])])
+        _run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E", "nodiscard", str(args["scratch"])], env)
         os.makedirs(scratch, exist_ok=True)
-        _run(["/bin/busybox", "mount", "-t", "ext4", str(args["scratch"]), scratch])
+        _run(["/bin/busybox", "mount", "-t", "ext4", str(args["scratch"]), scratch], env)
         try:
             with (
                 open(str(args["tar"]), "rb") as dev,
@@ -71,9 +76,9 @@ def run(args: dict[str, Any]) -> dict[str, Any]:
                     raise tar2ext4.LayerError(
                         f"the layer needs {size} bytes of ext4, more than the service VM's {args['out_size']}"
                     )
-                ext4.make_ext4(root, str(args["out"]), size=size, truncate=False)
+                ext4.make_ext4(root, str(args["out"]), size=size, truncate=False, env=env)
         finally:
-            _run(["/bin/busybox", "umount", scratch])
+            _run(["/bin/busybox", "umount", scratch], env)
         os.sync()
     except (tar2ext4.LayerError, tarfile.TarError, ext4.Ext4Error, EOFError, OSError) as e:
         return {"error": str(e) or type(e).__name__}
