@@ -232,8 +232,11 @@ class GlobalServiceVMConverter(_ServiceVMBase):
                     raise ServiceVMError(f"layer {layer}: the service VM did not start: {e}") from e
             try:
                 return await self._convert_in(self._vm, tar_path, out_path, layer)
-            except ServiceVMError:
-                # A VM that failed us (timeout, lost bridge) is not trusted with the next layer.
+            except tar2ext4.LayerError:
+                raise  # the layer's fault; the VM answered and stays
+            except BaseException:
+                # A VM that failed us (timeout, lost bridge, a cancelled conversion whose guest
+                # process may still run) is not trusted with the next layer.
                 await self._stop()
                 raise
 
