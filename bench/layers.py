@@ -191,6 +191,8 @@ async def _service_vm_samples(d: str, tar: str) -> tuple[dict[str, list[float]],
         await glob.convert(tar, os.path.join(d, "warm.vhd"), layer="bench-warm")  # boots the VM
         first = time.monotonic() - start
         samples["global-vm"] = await _timed(glob, tar, os.path.join(d, "global"), RUNS)
+        phases = {"host side": glob.last_host_seconds, "guest side": glob.last_guest_seconds}
+        print(f"global-vm, last conversion's phases (s): {phases}")
         samples["per-instance-vm"] = await _timed(per, tar, os.path.join(d, "per"), RUNS)
     finally:
         await glob.close()

@@ -98,6 +98,9 @@ class _ServiceVMBase:
         self._tools: ToolsDisk | None = None
         self._tools_lock = asyncio.Lock()
         self.boots = 0  # service VMs started (a test and the benchmark read it)
+        # The phases of the last conversion: the guest's (inside exec) and the host's (SCSI, exec).
+        self.last_guest_seconds: dict[str, float] = {}
+        self.last_host_seconds: dict[str, float] = {}
 
     async def _tools_disk(self) -> ToolsDisk:
         async with self._tools_lock:
@@ -145,6 +148,11 @@ class _ServiceVMBase:
             if "error" in answer:
                 raise tar2ext4.LayerError(f"layer {layer}: {answer['error']}")
             size = int(answer["size"])
+            log.info(
+                "layer converted in the service vm",
+                extra={"id": vm.id, "layer": layer, "guest_seconds": answer.get("seconds")},
+            )
+            self.last_guest_seconds = dict(answer.get("seconds") or {})
             await asyncio.to_thread(_truncate, partial, size)
             opts = tar2ext4.Options(append_vhd_footer=True)
             await asyncio.to_thread(tar2ext4.seal, partial, out_path, opts)
@@ -165,6 +173,7 @@ class _ServiceVMBase:
         scratch: str,
         layer: str,
     ) -> dict[str, Any]:
+        t0 = time.monotonic()
         try:
             async with contextlib.AsyncExitStack() as stack:
                 disks = {}
@@ -183,7 +192,14 @@ class _ServiceVMBase:
                     **disks,
                 }
                 argv = [GUEST_PYTHON, "-S", f"{tools}/{GUEST_SCRIPT}", json.dumps(args)]
+                t1 = time.monotonic()
                 code, out, err = await vm.exec_in_uvm(argv, timeout=self._timeout)
+                t2 = time.monotonic()
+            self.last_host_seconds = {
+                "attach": round(t1 - t0, 3),
+                "exec": round(t2 - t1, 3),
+                "detach": round(time.monotonic() - t2, 3),
+            }
         except (TimeoutError, OSError, ConnectionError) as e:
             raise ServiceVMError(f"layer {layer}: service VM {vm.id}: {e}") from e
         except Exception as e:

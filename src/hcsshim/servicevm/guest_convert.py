@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 # Only modules the agent already loads in the guest up here; the rest after sys.path has the disk.
@@ -57,12 +58,22 @@ def run(args: dict[str, Any]) -> dict[str, Any]:
 
     opts = tar2ext4.Options()
     scratch = str(args["scratch_dir"])
+    seconds: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        seconds[name] = round(now - mark, 3)
+        mark = now
+
     try:
         # tmpfs has no user.* xattrs before Linux 6.6: unpack onto an ext4 scratch disk instead (its
         # readdir order does not matter, mke2fs -d sorts).
         _run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E", "nodiscard", str(args["scratch"])], env)
         os.makedirs(scratch, exist_ok=True)
         _run(["/bin/busybox", "mount", "-t", "ext4", str(args["scratch"]), scratch], env)
+        phase("scratch")
         try:
             with (
                 open(str(args["tar"]), "rb") as dev,
@@ -71,18 +82,22 @@ def run(args: dict[str, Any]) -> dict[str, Any]:
                 root = os.path.join(d, "root")
                 os.mkdir(root, 0o755)
                 u = tar2ext4.unpack(_Limited(dev, int(args["tar_size"])), root, opts)  # type: ignore[arg-type]
+                phase("unpack")
                 size = ext4.estimate_size(root)
                 if size > int(args["out_size"]):
                     raise tar2ext4.LayerError(
                         f"the layer needs {size} bytes of ext4, more than the service VM's {args['out_size']}"
                     )
                 ext4.make_ext4(root, str(args["out"]), size=size, truncate=False, env=env)
+                phase("mkfs")
         finally:
             _run(["/bin/busybox", "umount", scratch], env)
         os.sync()
+        phase("cleanup")
     except (tar2ext4.LayerError, tarfile.TarError, ext4.Ext4Error, EOFError, OSError) as e:
         return {"error": str(e) or type(e).__name__}
-    return {"size": size, "entries": u.entries, "whiteouts": u.whiteouts, "opaque_dirs": u.opaque}
+    counts = {"entries": u.entries, "whiteouts": u.whiteouts, "opaque_dirs": u.opaque}
+    return {"size": size, **counts, "seconds": seconds}
 
 
 def main() -> int:
