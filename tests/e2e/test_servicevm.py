@@ -5,6 +5,7 @@ malformed tar failing with the layer's name."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import os
 import subprocess
@@ -121,7 +122,7 @@ def test_per_instance_service_vm_converts_byte_for_byte_and_leaves_no_qemu(
     assert _left_behind(ids, out_dir) == []
 
 
-def test_global_service_vm_serves_two_layers_with_one_qemu_byte_for_byte(
+def test_global_service_vm_serves_three_layers_with_one_qemu_byte_for_byte(
     tmp_path: Path, tools_dir: str
 ) -> None:
     tars = [upper_layer(tmp_path / f"layer{i}.tar", salt=str(i)) for i in range(2)]
@@ -137,15 +138,22 @@ def test_global_service_vm_serves_two_layers_with_one_qemu_byte_for_byte(
             for i, tar in enumerate(tars):
                 await c.convert(str(tar), str(out_dir / f"layer{i}.vhd"), layer=f"sha256:layer{i}")
                 during.append(_our_qemus())
+            # A compressed tar (its size no multiple of a sector) through the same VM.
+            await c.convert(str(gz), str(out_dir / "gz.vhd"), layer="sha256:gz")
+            during.append(_our_qemus())
         finally:
             await c.close()
 
+    gz = tmp_path / "layer0.tar.gz"
+    gz.write_bytes(gzip.compress(tars[0].read_bytes(), mtime=0))
+    assert gz.stat().st_size % 512
     asyncio.run(go())
     for i, host in enumerate(hosts):
         assert (out_dir / f"layer{i}.vhd").read_bytes() == host
+    assert (out_dir / "gz.vhd").read_bytes() == hosts[0]
     assert hosts[0] != hosts[1]
     assert len(ids) == 1 and c.boots == 1
-    assert len(during[0]) == 1 and during[0] == during[1]  # one QEMU, the same one, for both
+    assert len(during[0]) == 1 and during[0] == during[1] == during[2]  # one QEMU, the same one, for all
     assert _left_behind(ids, out_dir) == []
 
 
