@@ -112,7 +112,8 @@ class _ServiceVMBase:
         tools = await self._tools_disk()
         vm_id = _vm_id(self.prefix)
         started = time.monotonic()
-        document = default_lcow_document(vm_id, self._annotations)
+        # The builder scans the boot files directory: off the loop.
+        document = await asyncio.to_thread(default_lcow_document, vm_id, self._annotations)
         vm = await create_uvm(vm_id, document, templates=self._templates)
         try:
             await vm.start()
