@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import lzma
 import os
 import subprocess
 import tarfile
@@ -122,7 +123,7 @@ def test_per_instance_service_vm_converts_byte_for_byte_and_leaves_no_qemu(
     assert _left_behind(ids, out_dir) == []
 
 
-def test_global_service_vm_serves_three_layers_with_one_qemu_byte_for_byte(
+def test_global_service_vm_serves_four_layers_with_one_qemu_byte_for_byte(
     tmp_path: Path, tools_dir: str
 ) -> None:
     tars = [upper_layer(tmp_path / f"layer{i}.tar", salt=str(i)) for i in range(2)]
@@ -140,6 +141,8 @@ def test_global_service_vm_serves_three_layers_with_one_qemu_byte_for_byte(
                 during.append(_our_qemus())
             # A compressed tar (its size no multiple of a sector) through the same VM.
             await c.convert(str(gz), str(out_dir / "gz.vhd"), layer="sha256:gz")
+            # xz: the guest's Python loads _lzma and liblzma from the tools disk.
+            await c.convert(str(xz), str(out_dir / "xz.vhd"), layer="sha256:xz")
             during.append(_our_qemus())
         finally:
             await c.close()
@@ -147,10 +150,12 @@ def test_global_service_vm_serves_three_layers_with_one_qemu_byte_for_byte(
     gz = tmp_path / "layer0.tar.gz"
     gz.write_bytes(gzip.compress(tars[0].read_bytes(), mtime=0))
     assert gz.stat().st_size % 512
+    xz = tmp_path / "layer0.tar.xz"
+    xz.write_bytes(lzma.compress(tars[0].read_bytes()))
     asyncio.run(go())
     for i, host in enumerate(hosts):
         assert (out_dir / f"layer{i}.vhd").read_bytes() == host
-    assert (out_dir / "gz.vhd").read_bytes() == hosts[0]
+    assert (out_dir / "gz.vhd").read_bytes() == hosts[0] == (out_dir / "xz.vhd").read_bytes()
     assert hosts[0] != hosts[1]
     assert len(ids) == 1 and c.boots == 1
     assert len(during[0]) == 1 and during[0] == during[1] == during[2]  # one QEMU, the same one, for all

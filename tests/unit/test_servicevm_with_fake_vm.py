@@ -53,8 +53,11 @@ class FakeVM:
     async def remove_scsi(self, host_path: str) -> None:
         del self.attached[host_path]
 
-    async def exec_in_uvm(self, args: list[str], *, timeout: float = 60.0) -> tuple[int, bytes, bytes]:
+    async def exec_in_uvm(
+        self, args: list[str], *, timeout: float = 60.0, env: dict[str, str] | None = None
+    ) -> tuple[int, bytes, bytes]:
         self.execs += 1
+        assert env is not None and env["LD_LIBRARY_PATH"] == "/fake/tools/lib"
         req = json.loads(args[-1])
         assert self.attached[req["tar"]] is True and self.attached[req["out"]] is False
         assert not self.attached[req["scratch"]]

@@ -38,6 +38,7 @@ OUT_DISK_SIZE = 128 << 30
 # Where the guest unpacks the tar (ext4: tmpfs has no user.* xattrs before Linux 6.6); sparse too.
 SCRATCH_DISK_SIZE = 128 << 30
 DEFAULT_TIMEOUT = 600.0
+GUEST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _SECTOR = 512
 
 
@@ -194,7 +195,9 @@ class _ServiceVMBase:
                 }
                 argv = [GUEST_PYTHON, "-S", f"{tools}/{GUEST_SCRIPT}", json.dumps(args)]
                 t1 = time.monotonic()
-                code, out, err = await vm.exec_in_uvm(argv, timeout=self._timeout)
+                # The tools' libraries for Python too: its _bz2/_lzma come from the tools disk.
+                env = {"PATH": GUEST_PATH, "LD_LIBRARY_PATH": f"{tools}/lib", "LC_ALL": "C"}
+                code, out, err = await vm.exec_in_uvm(argv, timeout=self._timeout, env=env)
                 t2 = time.monotonic()
             self.last_host_seconds = {
                 "attach": round(t1 - t0, 3),

@@ -361,9 +361,14 @@ class UtilityVM:
 
     # ---- processes in the UVM itself ----------------------------------------------------------------
 
-    async def exec_in_uvm(self, args: list[str], *, timeout: float = 60.0) -> tuple[int, bytes, bytes]:
-        """Run a command in the UVM (not in a container) and collect its output (diagnostics)."""
-        params = {"CommandArgs": args, "CreateStdOutPipe": True, "CreateStdErrPipe": True}
+    async def exec_in_uvm(
+        self, args: list[str], *, timeout: float = 60.0, env: dict[str, str] | None = None
+    ) -> tuple[int, bytes, bytes]:
+        """Run a command in the UVM (not in a container) and collect its output (diagnostics, service
+        VM work); ``env`` is its whole environment (default: the guest's PATH only)."""
+        params: dict[str, Any] = {"CommandArgs": args, "CreateStdOutPipe": True, "CreateStdErrPipe": True}
+        if env:
+            params["Environment"] = dict(env)
         proc = await self.bridge.execute_process(NULL_CONTAINER_ID, params)
 
         async def drain(ch: Any) -> bytes:
