@@ -9,6 +9,7 @@ import gzip
 import io
 import lzma
 import os
+import signal
 import subprocess
 import tarfile
 from collections.abc import Awaitable, Callable
@@ -222,4 +223,30 @@ def test_malformed_tar_in_a_service_vm_names_the_layer_and_leaves_nothing(
     assert (out_dir / "good.vhd").read_bytes() == _host(good, tmp_path / "host.vhd")
     assert len(ids) == (4 if kind == "per-instance" else 1)
     assert sorted(os.listdir(out_dir)) == ["good.vhd"]
+    assert _left_behind(ids, out_dir) == []
+
+
+def test_global_service_vm_killed_between_layers_is_replaced(tmp_path: Path, tools_dir: str) -> None:
+    tar = upper_layer(tmp_path / "layer.tar")
+    host = _host(tar, tmp_path / "host.vhd")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    c = svm.GlobalServiceVMConverter(tools_dir=tools_dir)
+    ids = _recording(c)
+
+    async def go() -> None:
+        try:
+            await c.convert(str(tar), str(out_dir / "a.vhd"), layer="sha256:a")
+            (line,) = _our_qemus()
+            os.kill(int(line.split()[0]), signal.SIGKILL)  # the QEMU this test started
+            assert c.vm is not None
+            await asyncio.wait_for(c.vm.wait(), 30)
+            await c.convert(str(tar), str(out_dir / "b.vhd"), layer="sha256:b")
+            assert len(_our_qemus()) == 1
+        finally:
+            await c.close()
+
+    asyncio.run(go())
+    assert c.boots == 2 and len(ids) == 2 and ids[0] != ids[1]
+    assert (out_dir / "a.vhd").read_bytes() == host == (out_dir / "b.vhd").read_bytes()
     assert _left_behind(ids, out_dir) == []
