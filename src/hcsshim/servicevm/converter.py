@@ -65,14 +65,28 @@ def _vm_id(prefix: str) -> str:
     return f"{prefix}-{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
 
 
-def _make_sparse(path: str, size: int, create: bool = False) -> None:
-    with open(path, "x+b" if create else "r+b") as f:
-        f.truncate(size)
+def _prepare(tar_path: str, out_path: str) -> tuple[int, str, str]:
+    """(tar size, the output disk, the scratch disk): both sparse, the output beside out_path."""
+    tar_size = os.stat(tar_path).st_size
+    partial = tar2ext4.partial_path(out_path)
+    scratch = partial + ".scratch"
+    try:
+        with open(partial, "r+b") as f:
+            f.truncate(OUT_DISK_SIZE)
+        with open(scratch, "x+b") as f:
+            f.truncate(SCRATCH_DISK_SIZE)
+    except BaseException:
+        _remove(scratch)
+        _remove(partial)
+        raise
+    return tar_size, partial, scratch
 
 
-def _truncate(path: str, size: int) -> None:
-    with open(path, "r+b") as f:
+def _finish(partial: str, out_path: str, size: int) -> None:
+    """The ext4 the guest wrote is the first `size` bytes; then the footer and the rename."""
+    with open(partial, "r+b") as f:
         f.truncate(size)
+    tar2ext4.seal(partial, out_path, tar2ext4.Options(append_vhd_footer=True))
 
 
 def _remove(path: str) -> None:
@@ -135,12 +149,9 @@ class _ServiceVMBase:
         partial file, and names the layer."""
         vm = booted.vm
         tar_path = os.path.abspath(tar_path)
-        tar_size = (await asyncio.to_thread(os.stat, tar_path)).st_size
-        partial = await asyncio.to_thread(tar2ext4.partial_path, out_path)
-        scratch = partial + ".scratch"
+        # File work in as few worker-thread hops as it takes (each one is a loop callback).
+        tar_size, partial, scratch = await asyncio.to_thread(_prepare, tar_path, out_path)
         try:
-            await asyncio.to_thread(_make_sparse, partial, OUT_DISK_SIZE)
-            await asyncio.to_thread(_make_sparse, scratch, SCRATCH_DISK_SIZE, True)
             try:
                 answer = await self._run_guest(
                     vm, booted.tools_guest_path, tar_path, tar_size, partial, scratch, layer
@@ -155,9 +166,7 @@ class _ServiceVMBase:
                 extra={"id": vm.id, "layer": layer, "guest_seconds": answer.get("seconds")},
             )
             self.last_guest_seconds = dict(answer.get("seconds") or {})
-            await asyncio.to_thread(_truncate, partial, size)
-            opts = tar2ext4.Options(append_vhd_footer=True)
-            await asyncio.to_thread(tar2ext4.seal, partial, out_path, opts)
+            await asyncio.to_thread(_finish, partial, out_path, size)
         except BaseException:
             await asyncio.to_thread(_remove, partial)
             raise
