@@ -4,12 +4,16 @@ the tar, then mkfs.ext4 -d, then the VHD footer) and of the lcow differ's Apply 
 moved into the unpack snapshot) against ``mke2fs -d`` of the same layer already unpacked (the
 reference, same run, same tree); (2) ``ctr run --rm`` to the command's output with the
 rootfs on SCSI VHD layers (the lcow snapshotter) against the rootfs shared over 9p (overlayfs
-snapshotter), same private containerd, image and runtime. Part 2 boots UVMs: run it under
+snapshotter), same private containerd, image and runtime; (3) the same layer tar converted on the
+host (HostConverter, the reference) against inside a service VM, global (one VM kept for every
+layer; warm: its boot is paid once, before the samples) and per-instance (a VM booted and torn down
+for each layer), the outputs checked byte for byte. Parts 2 and 3 boot UVMs: run them under
 ``flock /tmp/hcsshim-qemu.lock``."""
 
 from __future__ import annotations
 
 import asyncio
+import filecmp
 import gzip
 import hashlib
 import io
@@ -29,7 +33,9 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from hcsshim.layers import blob, tar2ext4, vhd
+from hcsshim.layers.convert import HostConverter, LayerConverter
 from hcsshim.layers.ext4 import make_ext4
+from hcsshim.servicevm.converter import GlobalServiceVMConverter, PerInstanceServiceVMConverter
 from hcsshim.snapshotter.core import Snapshotter
 from hcsshim.snapshotter.differ import Descriptor, Differ
 from tests.support.containerd import Containerd, available, running_containerd
@@ -41,6 +47,8 @@ from tests.support.uvm import boot_files
 
 RUNS = int(os.environ.get("BENCH_LAYERS_RUNS", "3"))
 FILES = int(os.environ.get("BENCH_LAYERS_FILES", "3000"))
+# Smaller for the service VMs: the guest's Python and mke2fs run under TCG on this machine.
+SVM_FILES = int(os.environ.get("BENCH_LAYERS_SVM_FILES", "500"))
 IMAGE = "docker.io/library/busybox:layers"
 MARKER = "hello-from-the-layers"
 
@@ -226,9 +234,60 @@ def container_start() -> None:
     print(f"samples VHD: {[round(x, 2) for x in vhd]} 9p: {[round(x, 2) for x in ninep]}")
 
 
+async def _timed(c: LayerConverter, tar: str, out: str, n: int) -> list[float]:
+    samples = []
+    for i in range(n):
+        start = time.monotonic()
+        await c.convert(tar, f"{out}{i}.vhd", layer=f"bench-{i}")
+        samples.append(time.monotonic() - start)
+    return samples
+
+
+async def _service_vm_samples(d: str, tar: str) -> tuple[dict[str, list[float]], float, int]:
+    host = HostConverter()
+    per = PerInstanceServiceVMConverter()
+    glob = GlobalServiceVMConverter()
+    try:
+        samples = {"host": await _timed(host, tar, os.path.join(d, "host"), RUNS)}
+        start = time.monotonic()
+        await glob.convert(tar, os.path.join(d, "warm.vhd"), layer="bench-warm")  # boots the VM
+        first = time.monotonic() - start
+        samples["global-vm"] = await _timed(glob, tar, os.path.join(d, "global"), RUNS)
+        phases = {"host side": glob.last_host_seconds, "guest side": glob.last_guest_seconds}
+        print(f"global-vm, last conversion's phases (s): {phases}")
+        samples["per-instance-vm"] = await _timed(per, tar, os.path.join(d, "per"), RUNS)
+    finally:
+        await glob.close()
+        await per.close()
+    return samples, first, glob.boots
+
+
+def service_vms() -> None:
+    if boot_files() is None:
+        print("service VMs: no UVM image; run `hcsshim uvm build` first")
+        return
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+        tar = os.path.join(d, "layer.tar")
+        synthetic_layer(tar, SVM_FILES)
+        mib = os.path.getsize(tar) / (1 << 20)
+        samples, first, boots = asyncio.run(_service_vm_samples(d, tar))
+        outs = [os.path.join(d, f"{p}{i}.vhd") for p in ("host", "global", "per") for i in range(RUNS)]
+        same = all(filecmp.cmp(outs[0], o, shallow=False) for o in outs[1:])
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    h = med["host"]
+    print(f"layer tar -> VHD, {mib:.1f} MiB, {SVM_FILES} files; median of {RUNS}; reference: the host")
+    print(f"{'where the tar is parsed (s)':44} {'there':>10} {'host':>10} {'ratio':>8}")
+    for name in ("host", "global-vm", "per-instance-vm"):
+        print(f"{name:44} {med[name]:>10.2f} {h:>10.2f} {med[name] / h:>8.2f}")
+    print(f"global-vm first layer, boot included (s)     {first:>10.2f} {h:>10.2f} {first / h:>8.2f}")
+    print(f"global VM boots: {boots}; outputs byte-identical across all three: {'yes' if same else 'NO'}")
+    print(f"samples: { {k: [round(x, 2) for x in v] for k, v in samples.items()} }")
+
+
 def main() -> int:
     conversion()
     container_start()
+    service_vms()
     return 0
 
 

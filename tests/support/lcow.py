@@ -61,7 +61,7 @@ def _start(base: Path, scratch_size_gb: int) -> LcowSnapshotter:
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = base / "snapshotter.log"
     address = str(base / "sn.sock")
-    argv = [sys.executable, "-m", "hcsshim.snapshotter.daemon", "--root", str(base / "root")]
+    argv = [sys.executable, "-m", "hcsshim.cli.lcow_snapshotter", "--root", str(base / "root")]
     argv += ["--address", address, "--scratch-size-gb", str(scratch_size_gb), "--log-level", "debug"]
     argv += ["--containerd-address", str(base / "containerd.sock")]
     with open(log, "ab") as f:
@@ -91,7 +91,7 @@ def restart(sn: LcowSnapshotter) -> None:
 
 @contextlib.contextmanager
 def running_lcow_snapshotter(base: Path, *, scratch_size_gb: int = 2) -> Iterator[LcowSnapshotter]:
-    """`python -m hcsshim.snapshotter.daemon` (what the ``lcow-snapshotter`` script runs) under
+    """`python -m hcsshim.cli.lcow_snapshotter` (what the ``lcow-snapshotter`` script runs) under
     ``base``; stopped with SIGTERM, which also drops its host loop mounts. Raises if it leaves mounts."""
     sn = _start(base, scratch_size_gb)
     try:

@@ -89,10 +89,29 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("layers does no upward imports", _h("layers"), allowed=_h("layers", "errdefs", "settings")),
     Rule("ttrpc does no upward imports", _h("ttrpc"), allowed=_h("ttrpc", "api", "errdefs")),
-    Rule("uvm does not speak ttrpc", _h("uvm"), forbidden=_h("ttrpc", "shim", "cli", "api.containerd")),
+    Rule(
+        "uvm does not speak ttrpc",
+        _h("uvm"),
+        forbidden=_h("ttrpc", "shim", "cli", "servicevm", "api.containerd"),
+    ),
     Rule("uvm goes through the ComputeSystem interface", _h("uvm"), forbidden=_h("hcs.qemu", "hcs.windows")),
     Rule("network knows nothing of containerd's services", _h("network"), forbidden=_h("shim", "api", "cli")),
-    Rule("snapshotter knows nothing of the Task API", _h("snapshotter"), forbidden=_h("shim", "uvm", "cli")),
+    Rule(
+        "snapshotter knows nothing of the Task API or of UVMs",
+        _h("snapshotter"),
+        forbidden=_h("shim", "uvm", "cli", "servicevm"),
+    ),
+    Rule(
+        "servicevm sits on uvm and layers, below the snapshotter daemon's composition in cli",
+        _h("servicevm"),
+        allowed=_h("servicevm", "uvm", "hcs", "gcs", "layers", "errdefs", "settings"),
+    ),
+    Rule(
+        "the guest half of a service VM conversion imports only the stdlib and layers",
+        _h("servicevm.guest_convert"),
+        allowed=_h("layers"),
+        stdlib_only=True,
+    ),
     Rule(
         "the shim does not know which backend it runs on", _h("shim"), forbidden=_h("hcs.qemu", "hcs.windows")
     ),
@@ -246,6 +265,13 @@ def test_checker_resolves_relative_and_function_level_imports() -> None:
     )
     leaf = violations(_with("hcsshim.hvsock.fake_module", "from ..gcs import protocol\n"))
     assert ("hcsshim.hvsock.fake_module", "hcsshim.gcs.protocol") in leaf
+
+
+def test_checker_catches_the_snapshotter_importing_a_service_vm() -> None:
+    found = violations(_with("hcsshim.snapshotter.fake_module", "from hcsshim.servicevm import converter\n"))
+    assert ("hcsshim.snapshotter.fake_module", "hcsshim.servicevm.converter") in found
+    shim = violations(_with("hcsshim.servicevm.fake_module", "from hcsshim.shim import host\n"))
+    assert ("hcsshim.servicevm.fake_module", "hcsshim.shim.host") in shim
 
 
 def test_the_image_carries_every_module_the_guest_imports() -> None:

@@ -37,6 +37,9 @@ class Options:
     append_vhd_footer: bool = False
     inline_data: bool = False
     size: int | None = None  # bytes; default: from the unpacked size
+    # The same tar gives the same bytes, wherever and whenever it is converted (ext4.make_ext4,
+    # vhd.append_footer).
+    reproducible: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,9 @@ class _Unpacker:
                 raise LayerError(f"tar entry {rel!r} goes through the symlink {part!r}")
             if not os.path.lexists(cur):
                 os.mkdir(cur, 0o755)
+                # A parent the tar does not list: the epoch, not today, so the image is reproducible
+                # (an entry for it later in the tar sets its own time).
+                self.dir_times[cur] = (0, 0)
             elif not os.path.isdir(cur):
                 raise LayerError(f"tar entry {rel!r}: {part!r} is not a directory")
 
@@ -120,7 +126,7 @@ class _Unpacker:
         rel = clean_name(member.name, self.opts.convert_backslash)
         base = posixpath.basename(rel)
         if self.opts.convert_whiteouts and base.startswith(WHITEOUT_PREFIX):
-            self._whiteout(rel, base)
+            self._whiteout(rel, base, int(member.mtime))
             return
         self.entries += 1
         if rel == "":
@@ -162,11 +168,9 @@ class _Unpacker:
             raise LayerError(f"tar entry {rel!r} has unsupported type {member.type!r}")
         self._apply_meta(path, member, False)
 
-    def _whiteout(self, rel: str, base: str) -> None:
+    def _whiteout(self, rel: str, base: str, mtime: int) -> None:
         parent = posixpath.dirname(rel)
         self._ensure_parent(rel)
-        if parent:
-            os.makedirs(self._host(parent), exist_ok=True)
         if base == OPAQUE_WHITEOUT:
             os.setxattr(self._host(parent), OPAQUE_XATTR, b"y")
             self.opaque += 1
@@ -179,6 +183,7 @@ class _Unpacker:
         if os.path.isdir(target) and not os.path.islink(target):
             raise LayerError(f"whiteout {rel!r} for a directory the same layer creates")
         os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        os.utime(target, (mtime, mtime), follow_symlinks=False)
         self.whiteouts += 1
 
     def finish(self) -> None:
@@ -218,19 +223,33 @@ def convert(
 
     The output is written to a temporary name beside out_path and renamed into place, so a reader
     never sees a partial image and a failure leaves nothing behind."""
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    fd, partial = tempfile.mkstemp(prefix=".tar2ext4-", suffix=".part", dir=out_dir)
-    os.close(fd)
+    partial = partial_path(out_path)
     try:
         with _private_dir(tmp_dir) as root:
             u = unpack(tar, root, opts)
-            size = make_ext4(root, partial, size=opts.size, inline=opts.inline_data)
-        if opts.append_vhd_footer:
-            vhd.append_footer_to_path(partial)
-        os.chmod(partial, 0o644)
-        os.replace(partial, out_path)
+            size = make_ext4(
+                root, partial, size=opts.size, inline=opts.inline_data, reproducible=opts.reproducible
+            )
+        seal(partial, out_path, opts)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
         raise
     return Result(out_path, size, u.entries, u.whiteouts, u.opaque)
+
+
+def partial_path(out_path: str) -> str:
+    """A new empty file beside out_path for the image being written (renamed by seal)."""
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    fd, partial = tempfile.mkstemp(prefix=".tar2ext4-", suffix=".part", dir=out_dir)
+    os.close(fd)
+    return partial
+
+
+def seal(partial: str, out_path: str, opts: Options) -> None:
+    """The last step of every conversion, wherever the ext4 was made: the footer (with
+    opts.append_vhd_footer), the mode, and the rename into place."""
+    if opts.append_vhd_footer:
+        vhd.append_footer_to_path(partial, reproducible=opts.reproducible)
+    os.chmod(partial, 0o644)
+    os.replace(partial, out_path)

@@ -9,6 +9,7 @@ CHS geometry cannot express every size (it rounds down, cutting the end off the 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import time
@@ -177,21 +178,43 @@ def make_fixed_footer(size: int, *, now: float | None = None, unique_id: bytes |
     return footer.pack()
 
 
-def append_footer(f: BinaryIO, *, pad: bool = True) -> int:
-    """Append a fixed VHD footer to `f` (padded to a whole sector first); returns the disk size."""
+def content_id(f: BinaryIO, size: int) -> bytes:
+    """A unique id derived from the first `size` bytes of `f`: the same disk, the same id."""
+    h = hashlib.blake2b(digest_size=16, person=b"hcsshim-vhd-id")
+    f.seek(0)
+    left = size
+    while left > 0:
+        chunk = f.read(min(left, 1 << 20))
+        if not chunk:
+            break
+        h.update(chunk)
+        left -= len(chunk)
+    return uuid.UUID(bytes=h.digest(), version=5).bytes
+
+
+def append_footer(f: BinaryIO, *, pad: bool = True, reproducible: bool = False) -> int:
+    """Append a fixed VHD footer to `f` (padded to a whole sector first); returns the disk size.
+
+    A reproducible footer has upstream's timestamp (0: the VHD epoch) and a unique id derived from
+    the disk's bytes, so the same disk gets the same footer."""
     size = f.seek(0, os.SEEK_END)
     if size % SECTOR:
         if not pad:
             raise VhdError(f"file size {size} is not a multiple of {SECTOR}")
         f.write(b"\0" * (SECTOR - size % SECTOR))
         size += SECTOR - size % SECTOR
-    f.write(make_fixed_footer(size))
+    if reproducible:
+        footer = make_fixed_footer(size, now=VHD_EPOCH, unique_id=content_id(f, size))
+        f.seek(size)
+    else:
+        footer = make_fixed_footer(size)
+    f.write(footer)
     return size
 
 
-def append_footer_to_path(path: str) -> int:
+def append_footer_to_path(path: str, *, reproducible: bool = False) -> int:
     with open(path, "r+b") as f:
-        return append_footer(f)
+        return append_footer(f, reproducible=reproducible)
 
 
 def read_footer(f: BinaryIO) -> Footer:

@@ -52,8 +52,10 @@ def scsi_add(
     disk_type: str = "VirtualDisk",
     options: list[str] | None = None,
     controller_guid: str = "",
+    block_dev: bool = False,
 ) -> ModifySettingRequest:
-    """`controller_guid` is the document's GUID for controller `controller` (default: the abi's)."""
+    """`controller_guid` is the document's GUID for controller `controller` (default: the abi's);
+    with `block_dev` the guest exposes the device node at the mount path instead of mounting it."""
     return ModifySettingRequest(
         resource_path=scsi_resource_path(controller_guid or SCSI_CONTROLLER_GUIDS[controller], lun),
         request_type=RequestType.ADD,
@@ -67,6 +69,7 @@ def scsi_add(
                 lun=lun,
                 read_only=read_only,
                 options=list(options or []),
+                block_dev=block_dev,
             ),
         ),
     )

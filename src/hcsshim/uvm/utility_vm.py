@@ -361,9 +361,14 @@ class UtilityVM:
 
     # ---- processes in the UVM itself ----------------------------------------------------------------
 
-    async def exec_in_uvm(self, args: list[str], *, timeout: float = 60.0) -> tuple[int, bytes, bytes]:
-        """Run a command in the UVM (not in a container) and collect its output (diagnostics)."""
-        params = {"CommandArgs": args, "CreateStdOutPipe": True, "CreateStdErrPipe": True}
+    async def exec_in_uvm(
+        self, args: list[str], *, timeout: float = 60.0, env: dict[str, str] | None = None
+    ) -> tuple[int, bytes, bytes]:
+        """Run a command in the UVM (not in a container) and collect its output (diagnostics, service
+        VM work); ``env`` is its whole environment (default: the guest's PATH only)."""
+        params: dict[str, Any] = {"CommandArgs": args, "CreateStdOutPipe": True, "CreateStdErrPipe": True}
+        if env:
+            params["Environment"] = dict(env)
         proc = await self.bridge.execute_process(NULL_CONTAINER_ID, params)
 
         async def drain(ch: Any) -> bytes:
@@ -410,9 +415,16 @@ class UtilityVM:
     # ---- SCSI --------------------------------------------------------------------------------------
 
     async def add_scsi(
-        self, host_path: str, read_only: bool = True, *, options: list[str] | None = None
+        self,
+        host_path: str,
+        read_only: bool = True,
+        *,
+        options: list[str] | None = None,
+        block_dev: bool = False,
     ) -> ScsiMount:
-        """Attach a VHD and mount it in the guest at /run/mounts/scsi/<c>_<l>_0 (ref-counted)."""
+        """Attach a VHD and mount it in the guest at /run/mounts/scsi/<c>_<l>_0 (ref-counted). With
+        ``block_dev`` the file is a raw disk (PassThru) and the guest mounts nothing: the disk's
+        block device is bind-mounted at that path instead (upstream's BlockDev)."""
         host_path = os.path.abspath(host_path)
         async with self._lock:
             existing = self.scsi.by_path.get(host_path)
@@ -436,8 +448,10 @@ class UtilityVM:
                 lun,
                 host_path,
                 read_only=read_only,
-                options=options or (["ro"] if read_only else []),
+                options=[] if block_dev else options or (["ro"] if read_only else []),
                 controller_guid=guid,
+                disk_type="PassThru" if block_dev else "VirtualDisk",
+                block_dev=block_dev,
             )
             try:
                 await self.modify(request)

@@ -73,7 +73,7 @@ def scsi_node_name(index: int, lun: int) -> str:
 def blockdev_args(index: int, lun: int, disk: Disk) -> dict[str, Any]:
     device = disk.path.startswith("/dev/")
     args: dict[str, Any] = {
-        "driver": "raw" if device or disk.fixed_vhd_data_size is not None else "vpc",
+        "driver": "raw" if device or disk.raw_file or disk.fixed_vhd_data_size is not None else "vpc",
         "node-name": scsi_node_name(index, lun),
         "read-only": disk.read_only,
         "file": {

@@ -31,6 +31,8 @@ class Disk:
     path: str
     read_only: bool
     fixed_vhd_data_size: int | None = None
+    # PassThru of a regular file: the file is the raw disk (no VHD footer, nothing hidden).
+    raw_file: bool = False
 
 
 @dataclass
@@ -247,7 +249,10 @@ def parse_attachment(r: _Reader, att: Any, where: str) -> Disk:
     if kind == "PassThru" and not os.path.exists(path):
         raise r.fail(f"{where}.Path", f"device {path!r} does not exist")
     raw = fixed_vhd_data_size(path) if kind == "VirtualDisk" else None
-    return Disk(path=path, read_only=bool(att.get("ReadOnly", False)), fixed_vhd_data_size=raw)
+    raw_file = kind == "PassThru" and os.path.isfile(path)
+    return Disk(
+        path=path, read_only=bool(att.get("ReadOnly", False)), fixed_vhd_data_size=raw, raw_file=raw_file
+    )
 
 
 _VHD_FOOTER = 512
