@@ -48,3 +48,15 @@ def no_slow_callbacks() -> Iterator[None]:
     yield
     slow = WATCH.take()
     assert not slow, f"event loop blocked for more than {SLOW_CALLBACK_SECONDS}s: " + "; ".join(slow[:5])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """An end-to-end test never skips silently: on a machine `make test` set up, a missing
+    prerequisite (root, QEMU, the UVM image, a containerd) is a failure naming it."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and item.get_closest_marker("e2e") is not None and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"end-to-end test skipped, which `make test` does not allow: {reason}"

@@ -57,13 +57,13 @@ class LcowSnapshotter:
             return ""
 
 
-def _start(base: Path, scratch_size_gb: int) -> LcowSnapshotter:
+def _start(base: Path, scratch_size_gb: int, convert_in: str = "host") -> LcowSnapshotter:
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = base / "snapshotter.log"
     address = str(base / "sn.sock")
     argv = [sys.executable, "-m", "hcsshim.cli.lcow_snapshotter", "--root", str(base / "root")]
     argv += ["--address", address, "--scratch-size-gb", str(scratch_size_gb), "--log-level", "debug"]
-    argv += ["--containerd-address", str(base / "containerd.sock")]
+    argv += ["--containerd-address", str(base / "containerd.sock"), "--convert-in", convert_in]
     with open(log, "ab") as f:
         proc = subprocess.Popen(argv, stdout=f, stderr=f, stdin=subprocess.DEVNULL, start_new_session=True)
     sn = LcowSnapshotter(base / "root", address, log, proc)
@@ -90,10 +90,12 @@ def restart(sn: LcowSnapshotter) -> None:
 
 
 @contextlib.contextmanager
-def running_lcow_snapshotter(base: Path, *, scratch_size_gb: int = 2) -> Iterator[LcowSnapshotter]:
+def running_lcow_snapshotter(
+    base: Path, *, scratch_size_gb: int = 2, convert_in: str = "host"
+) -> Iterator[LcowSnapshotter]:
     """`python -m hcsshim.cli.lcow_snapshotter` (what the ``lcow-snapshotter`` script runs) under
     ``base``; stopped with SIGTERM, which also drops its host loop mounts. Raises if it leaves mounts."""
-    sn = _start(base, scratch_size_gb)
+    sn = _start(base, scratch_size_gb, convert_in)
     try:
         yield sn
     finally:
