@@ -75,16 +75,31 @@ async def _serve(flags: Flags, stdin_data: bytes, kind: ShimKind) -> int:
     start_input = decode_start_input(stdin_data, flags.id, flags.namespace)
     publisher = Publisher(ttrpc_address(flags), flags.namespace)
     stop = asyncio.Event()
-    service = TaskService(
-        publisher,
-        kind.host_factory,
-        namespace=flags.namespace,
-        default_options=start_input.options,
-        on_shutdown=stop.set,
-    )
+    service: TaskService
+    if kind.sandbox_api:
+        from hcsshim.shim.manager_v2 import served_uvm_id
+        from hcsshim.shim.service_sandbox import SandboxShimService, create_shared_vm
+
+        bundle = os.path.abspath(flags.bundle or os.getcwd())
+        service = SandboxShimService(
+            publisher,
+            create_shared_vm,
+            namespace=flags.namespace,
+            uvm_id=served_uvm_id(bundle, flags.id),
+            default_options=start_input.options,
+            on_shutdown=stop.set,
+        )
+    else:
+        service = TaskService(
+            publisher,
+            kind.host_factory,
+            namespace=flags.namespace,
+            default_options=start_input.options,
+            on_shutdown=stop.set,
+        )
     server = Server()
     service.register(server)
-    DiagService(lambda: service.pod).register(server)
+    DiagService(service.host_pod, service.pods).register(server)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
