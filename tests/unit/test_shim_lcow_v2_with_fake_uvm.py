@@ -74,7 +74,7 @@ class V2Harness:
         self.factory_calls: list[tuple[str, dict[str, str], runhcs_pb2.Options | None]] = []
         self.shutdowns = 0
         self.service = SandboxShimService(
-            self.events, self._factory, namespace="default", uvm_id="pod-a@vm", on_shutdown=self._down
+            self.events, self._factory, namespace="default", uvm_id="pod-a", on_shutdown=self._down
         )
         self.server = Server()
         self.service.register(self.server)
@@ -151,7 +151,7 @@ def test_lcow_v2_two_pods_share_one_fake_uvm_and_stop_alone(tmp_path: Path) -> N
         await h.run_pod("pod-b")
         assert len(h.vms) == 1 and h.vms[0].starts == 1, "both pods must land in one UVM, booted once"
         vm = h.vms[0]
-        assert h.factory_calls[0][0] == "pod-a@vm"
+        assert h.factory_calls[0][0] == "pod-a"
         docs = vm.bridge.documents
         # Each pod's sandbox container: its own bundle under /run/gcs/pods/<pod>, CRI sandbox annotations.
         for pod in ("pod-a", "pod-b"):

@@ -81,7 +81,8 @@ def uvm_group(bundle_annotations: dict[str, str], start: StartInput) -> str:
 
 
 def group_shim_id(group: str, socket: str) -> str:
-    """The id of a group's shim (and its UVM ``<id>@vm``): the group's name and its socket's digest."""
+    """The id of a group's shim and UVM (compute system ``<id>@vm``): the group's name and its socket's
+    digest."""
     return f"group-{group}-{hashlib.sha256(socket.encode()).hexdigest()[:12]}"
 
 
@@ -129,7 +130,7 @@ def start(flags: Flags, stdin_data: bytes, bundle: str, kind: ShimKind) -> bytes
                     f"a shim for {flags.id} already serves unix://{path}", errdefs.Kind.ALREADY_EXISTS
                 )
             os.unlink(path)
-        write_atomic(os.path.join(bundle, UVM_ID_FILE), f"{flags.id}@vm")
+        write_atomic(os.path.join(bundle, UVM_ID_FILE), flags.id)
         pid = _spawn_server(kind, flags, bundle, path, stdin_data, start_input)
         write_atomic(os.path.join(bundle, SHIM_PID_FILE), str(pid))
     else:
@@ -151,7 +152,7 @@ def start(flags: Flags, stdin_data: bytes, bundle: str, kind: ShimKind) -> bytes
                         ) from exc
                 else:
                     os.unlink(path)
-            write_atomic(os.path.join(bundle, UVM_ID_FILE), f"{shim_id}@vm")
+            write_atomic(os.path.join(bundle, UVM_ID_FILE), shim_id)
             if not joined:
                 pid = _spawn_server(kind, flags, bundle, path, stdin_data, start_input)
                 write_atomic(os.path.join(bundle, SHIM_PID_FILE), str(pid))
@@ -161,12 +162,13 @@ def start(flags: Flags, stdin_data: bytes, bundle: str, kind: ShimKind) -> bytes
 
 
 def served_uvm_id(bundle: str, shim_id: str) -> str:
-    """The UVM id ``start`` chose for the server in this bundle (``serve`` reads it)."""
+    """The UVM id ``start`` chose for the server in this bundle (``serve`` reads it); its compute
+    system is ``<id>@vm``."""
     try:
         with open(os.path.join(bundle, UVM_ID_FILE)) as f:
-            return f.read().strip() or f"{shim_id}@vm"
+            return f.read().strip() or shim_id
     except OSError:
-        return f"{shim_id}@vm"
+        return shim_id
 
 
 async def _shutdown_sandbox(address: str, sandbox_id: str, namespace: str) -> None:
@@ -203,7 +205,7 @@ def delete(flags: Flags, bundle: str, kind: ShimKind) -> bytes:
 
         uvm_id = served_uvm_id(bundle, flags.id)
         try:
-            cleanup_orphan(uvm_id)
+            cleanup_orphan(f"{uvm_id}@vm")
         except ErrNotSupported as exc:
             log.info("no orphan cleanup", extra={"uvm": uvm_id, "why": str(exc)})
         if path and os.path.isabs(path) and os.path.exists(path):
