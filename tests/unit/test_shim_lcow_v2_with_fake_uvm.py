@@ -367,3 +367,30 @@ def test_lcow_v2_oom_routed_to_the_owning_pod_with_fake_uvm(tmp_path: Path) -> N
         assert c2 is not None and c2[0].id == "p2" and c2[1].init.state is State.RUNNING
 
     run(body())
+
+
+def test_runtimeoptions_config_path_gives_runhcs_options(tmp_path: Path) -> None:
+    """CRI hands io.containerd.lcow.v2 a runtimeoptions.v1.Options (ConfigPath); the file holds runhcs
+    Options as JSON, e.g. the handler's UVM group."""
+    from hcsshim.shim.foreign_types import _classes
+    from hcsshim.shim.options import OptionsError, decode_start_input
+
+    path = tmp_path / "lcow-v2.json"
+    path.write_text(json.dumps({"defaultContainerAnnotations": {manager_v2.UVM_GROUP: "shared"}}))
+    ro: Any = _classes()["runtimeoptions.v1.Options"]()
+    ro.config_path = str(path)
+    stdin = any_pb2.Any(
+        type_url="runtimeoptions.v1.Options", value=ro.SerializeToString()
+    ).SerializeToString()
+    start = decode_start_input(stdin, "sb", "k8s.io")
+    assert start.options is not None
+    assert manager_v2.uvm_group({}, start) == "shared"
+    path.write_text("{not json")
+    with pytest.raises(OptionsError) as err:
+        decode_start_input(stdin, "sb", "k8s.io")
+    assert str(path) in str(err.value)
+    ro.config_path = ""
+    empty = any_pb2.Any(
+        type_url="runtimeoptions.v1.Options", value=ro.SerializeToString()
+    ).SerializeToString()
+    assert decode_start_input(empty, "sb", "k8s.io").options is None

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -28,6 +29,8 @@ from hcsshim.shim.host import Bridge, Pausable, container_document
 from hcsshim.shim.spec import CONTAINER_TYPE, SANDBOX_ID
 
 log = logging.getLogger("hcsshim.shim.pod_host")
+
+_PROC_NS = re.compile(r"^/proc/[0-9]+/ns/([a-z_]+)$")
 
 PAUSE_BINARY = "/bin/busybox"  # in the UVM image
 PAUSE_ARGS = (PAUSE_BINARY, "sleep", "2147483647")
@@ -129,6 +132,19 @@ class PodHost:
         return f"{LCOW_POD_ROOT}/{self.pod_id}"
 
     def adjust_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A pod container's spec as the guest runs it. containerd's CRI names the pod's namespaces
+        by the sandbox's pid (``/proc/<pid>/ns/<type>``, its PodSandbox pid: 0 from StartSandbox);
+        in the guest they are the pod's sandbox container's, so such paths point at its init."""
+        linux = spec.get("linux")
+        namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
+        if self.sandbox_pid and isinstance(linux, dict) and isinstance(namespaces, list):
+            rewritten = []
+            for ns in namespaces:
+                match = _PROC_NS.match(str(ns.get("path") or "")) if isinstance(ns, dict) else None
+                if match is not None:
+                    ns = {**ns, "path": f"/proc/{self.sandbox_pid}/ns/{match.group(1)}"}
+                rewritten.append(ns)
+            spec = {**spec, "linux": {**linux, "namespaces": rewritten}}
         return self.vm.adjust_spec(spec)
 
     def subscribe(self, *, on_exit: ExitCallback | None = None, on_oom: OomCallback | None = None) -> None:

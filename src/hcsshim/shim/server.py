@@ -19,7 +19,7 @@ from hcsshim import loopwatch, settings
 from hcsshim.shim import logs
 from hcsshim.shim.flags import Flags
 from hcsshim.shim.kind import RUNHCS_V1, ShimKind
-from hcsshim.shim.options import decode_start_input, log_level
+from hcsshim.shim.options import StartInput, decode_start_input, log_level
 from hcsshim.shim.service_diag import DiagService
 from hcsshim.shim.service_task import TaskService
 from hcsshim.ttrpc import Server
@@ -69,10 +69,9 @@ def ttrpc_address(flags: Flags) -> str:
     return settings.current().ttrpc_address or (flags.address + ".ttrpc" if flags.address else "")
 
 
-async def _serve(flags: Flags, stdin_data: bytes, kind: ShimKind) -> int:
+async def _serve(flags: Flags, start_input: StartInput, kind: ShimKind) -> int:
     from hcsshim.shim.publisher import Publisher
 
-    start_input = decode_start_input(stdin_data, flags.id, flags.namespace)
     publisher = Publisher(ttrpc_address(flags), flags.namespace)
     stop = asyncio.Event()
     service: TaskService
@@ -136,7 +135,7 @@ def serve(flags: Flags, kind: ShimKind = RUNHCS_V1) -> int:
     logs.configure(level, {"id": flags.id, "namespace": flags.namespace}, runtime=kind.runtime)
     try:
         watch_slow_callbacks()
-        return asyncio.run(_serve(flags, stdin_data, kind))
+        return asyncio.run(_serve(flags, start_input, kind))
     except BaseException as exc:
         _signal_ready(flags.ready_fd, f"{type(exc).__name__}: {exc}")
         log.exception("shim server failed")

@@ -32,14 +32,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, empty_pb2, message_factory
-from google.protobuf.message import DecodeError, Message
+from google.protobuf import any_pb2, empty_pb2
+from google.protobuf.message import Message
 
 from hcsshim.api.containerd.sandbox.v1 import sandbox_pb2 as sb
 from hcsshim.api.containerd.task.v2 import shim_pb2 as v2
 from hcsshim.api.containerd.types import platform_pb2
 from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.network import PodNetwork
+from hcsshim.shim import foreign_types
 from hcsshim.shim.host import Host
 from hcsshim.shim.options import OPTIONS_TYPE, OptionsError, type_matches, unpack_options
 from hcsshim.shim.pod import Pod
@@ -59,7 +60,7 @@ NOTREADY = "SANDBOX_NOTREADY"
 # upstream: windows.ERROR_INTERNAL_ERROR when the VM exited with an error.
 VM_FAILED_STATUS = 1359
 STOP_KILL_WAIT = 10.0
-POD_SANDBOX_CONFIG = "runtime.v1.PodSandboxConfig"
+POD_SANDBOX_CONFIG = foreign_types.POD_SANDBOX_CONFIG
 
 # Creates (does not start) the shim's UVM: (uvm id, sandbox annotations, runtime options) ->
 # (the VM, its architecture as SandboxOptions says).
@@ -95,45 +96,12 @@ class Sandbox:
         self.stopped.set()
 
 
-def _pod_sandbox_config_class() -> type[Message]:
-    """The two fields of CRI's ``runtime.v1.PodSandboxConfig`` the shim reads (hostname = 2,
-    annotations = 7), in a private pool so CRI's full module can still be loaded beside it."""
-    fdp = descriptor_pb2.FileDescriptorProto(name="hcsshim_cri_pod_config.proto", package="runtime.v1")
-    fdp.syntax = "proto3"
-    entry = descriptor_pb2.DescriptorProto(name="AnnotationsEntry")
-    entry.options.map_entry = True
-    opt = descriptor_pb2.FieldDescriptorProto
-    entry.field.add(name="key", number=1, type=opt.TYPE_STRING, label=opt.LABEL_OPTIONAL)
-    entry.field.add(name="value", number=2, type=opt.TYPE_STRING, label=opt.LABEL_OPTIONAL)
-    msg = fdp.message_type.add(name="PodSandboxConfig")
-    msg.nested_type.append(entry)
-    msg.field.add(name="hostname", number=2, type=opt.TYPE_STRING, label=opt.LABEL_OPTIONAL)
-    msg.field.add(
-        name="annotations",
-        number=7,
-        type=opt.TYPE_MESSAGE,
-        label=opt.LABEL_REPEATED,
-        type_name=".runtime.v1.PodSandboxConfig.AnnotationsEntry",
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("runtime.v1.PodSandboxConfig"))
-
-
-_PodSandboxConfig: type[Message] | None = None
-
-
 def pod_sandbox_config(value: any_pb2.Any) -> tuple[str, dict[str, str]]:
     """(hostname, annotations) of the PodSandboxConfig containerd's CRI passes as the sandbox options."""
-    global _PodSandboxConfig
-    if _PodSandboxConfig is None:
-        _PodSandboxConfig = _pod_sandbox_config_class()
-    config: Any = _PodSandboxConfig()
     try:
-        config.ParseFromString(value.value)
-    except DecodeError as exc:
+        return foreign_types.pod_sandbox_config(value.value)
+    except ValueError as exc:
         raise TtrpcError(Code.INVALID_ARGUMENT, f"CreateSandbox: options {value.type_url}: {exc}") from exc
-    return str(config.hostname), {str(k): str(v) for k, v in config.annotations.items()}
 
 
 def read_sandbox_spec(bundle: str) -> dict[str, str]:
