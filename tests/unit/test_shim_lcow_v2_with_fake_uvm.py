@@ -394,3 +394,13 @@ def test_runtimeoptions_config_path_gives_runhcs_options(tmp_path: Path) -> None
         type_url="runtimeoptions.v1.Options", value=ro.SerializeToString()
     ).SerializeToString()
     assert decode_start_input(empty, "sb", "k8s.io").options is None
+
+
+def test_lcow_v2_group_from_the_environment_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hcsshim import settings
+
+    monkeypatch.setenv("HCSSHIM_LCOW_V2_UVM_GROUP", "node")
+    settings.reset()
+    legacy = StartInput(None, None, None)
+    assert manager_v2.uvm_group({}, legacy) == "node"
+    assert manager_v2.uvm_group({manager_v2.UVM_GROUP: "mine"}, legacy) == "mine"

@@ -7,12 +7,13 @@ is version 3: a ``BootstrapResult`` protobuf when containerd sent ``BootstrapPar
 JSON ``{"version": 3, "address": ..., "protocol": "ttrpc"}`` that containerd 2.0-2.2 parse.
 
 Several pods in one UVM (upstream lcow-v2 keeps a pod per sandbox inside its VM): a sandbox whose
-annotations (the bundle's ``config.json``, or the runtime handler's ``default_container_annotations``
-on stdin) carry :data:`UVM_GROUP` = ``<name>`` goes to the shim that serves that group in the same
+annotations (the bundle's ``config.json``), or else the runtime handler's
+``default_container_annotations`` (the options on stdin), or else ``HCSSHIM_LCOW_V2_UVM_GROUP``, name
+a group (:data:`UVM_GROUP` = ``<name>``) goes to the shim that serves that group in the same
 containerd and namespace: ``start`` prints the running shim's address (containerd reuses it, as
 runhcs-v1 does with a pod's containers) and that shim's CreateSandbox adds the pod to its UVM. The
-first sandbox of a group starts the shim. Without the annotation a sandbox gets a shim and UVM of its
-own. ``start`` of one group is serialised by a lock file beside the group's socket.
+first sandbox of a group starts the shim. Without a group a sandbox gets a shim and UVM of its own.
+``start`` of one group is serialised by a lock file beside the group's socket.
 
 ``delete`` (containerd runs it when its connection to the sandbox's shim closes, and for bundles it
 finds after a restart): if the shim still answers, the sandbox is shut down there (only that pod; the
@@ -32,7 +33,7 @@ import re
 
 from google.protobuf import timestamp_pb2
 
-from hcsshim import errdefs
+from hcsshim import errdefs, settings
 from hcsshim.api.containerd.bootstrap.v1 import bootstrap_pb2
 from hcsshim.api.containerd.sandbox.v1 import sandbox_pb2 as sb
 from hcsshim.api.containerd.task.v2 import shim_pb2 as task_v2
@@ -68,10 +69,12 @@ _GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def uvm_group(bundle_annotations: dict[str, str], start: StartInput) -> str:
-    """The sandbox's UVM group: its own annotation, else the runtime handler's default."""
+    """The sandbox's UVM group: its own annotation, else the runtime handler's default, else
+    HCSSHIM_LCOW_V2_UVM_GROUP."""
     value = bundle_annotations.get(UVM_GROUP, "")
     if not value and start.options is not None:
         value = str(start.options.default_container_annotations.get(UVM_GROUP, ""))
+    value = value or settings.current().lcow_v2_uvm_group
     if value and not _GROUP_NAME.match(value):
         raise StartError(
             f"annotation {UVM_GROUP}={value!r}: a group name is 1-64 of [A-Za-z0-9._-]",
