@@ -14,6 +14,7 @@ then Task v3 Create/Start with CRI's container annotations, StopSandbox / Shutdo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -34,7 +35,14 @@ from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.hcs.qemu.system import state_dir_for
 from hcsshim.shim.manager_v2 import UVM_GROUP
 from hcsshim.ttrpc import Client, Code, TtrpcError
-from tests.support.containerd import VENV_BIN, Containerd, busybox_rootfs, running_containerd
+from tests.support.containerd import (
+    VENV_BIN,
+    Containerd,
+    busybox_rootfs,
+    running_containerd,
+    start_containerd,
+    stop_containerd,
+)
 from tests.support.cri import api as cri_api
 from tests.support.shim_checks import mounts_under, qemu_pids, wait_until
 from tests.support.uvm import boot_files
@@ -371,3 +379,132 @@ def test_two_pods_share_one_uvm_and_stop_alone(containerd: Containerd, tmp_path:
             if b"serve" in with_pid_argv:
                 os.kill(server_pid, 9)
         subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+# ---- through containerd 2.1's CRI with sandboxer = "shim" ------------------------------------------
+
+CRI_NAMESPACE = "k8s.io"
+CRI_HANDLER = "lcow-v2-shim"
+CRI_GROUP = "cri-e2e"
+CRI_CONFIG = f"""
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{CRI_HANDLER}]
+  runtime_type = "io.containerd.lcow.v2"
+  sandboxer = "shim"
+  pod_annotations = ["io.hcsshim.*"]
+"""
+LIST_PROCS = "for p in /proc/[0-9]*; do echo \"proc=$(tr '\\0' ' ' < $p/cmdline)\"; done"
+
+
+@pytest.fixture(scope="module")
+def cri_containerd() -> Iterator[Containerd]:
+    """containerd 2.1 with an io.containerd.lcow.v2 handler on the shim sandboxer, a CNI network, and
+    HCSSHIM_LCOW_V2_UVM_GROUP in its environment (its shims inherit it): containerd 2.1's CRI hands
+    `start` neither the pod's annotations nor handler options a non-runc shim can use."""
+    from tests.support import cni
+
+    if boot_files() is None:
+        pytest.fail("no UVM image (run `hcsshim uvm build`)")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HCSSHIM_LCOW_V2_UVM_GROUP", CRI_GROUP)
+        c = start_containerd(version="2.1", extra_config=CRI_CONFIG)
+    try:
+        if not c.cri_ok:
+            pytest.fail("containerd's CRI plugin did not initialise")
+        net = cni.install(c.base)
+        try:
+            yield c
+        finally:
+            cni.remove(net)
+    finally:
+        stop_containerd(c)
+
+
+def _exec(cri: Any, cid: str, script: str) -> dict[str, list[str]]:
+    resp = cri.call(
+        "ExecSync",
+        cri.pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", script], timeout=60),
+        "ExecSyncResponse",
+    )
+    assert resp.exit_code == 0, resp.stderr
+    out: dict[str, list[str]] = {}
+    for line in resp.stdout.decode().splitlines():
+        key, _, value = line.partition("=")
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def test_cri_pods_on_the_shim_sandboxer_share_one_uvm(cri_containerd: Containerd, tmp_path: Path) -> None:
+    import tempfile
+
+    from tests.support.cri import CriClient
+    from tests.support.oci_image import DEFAULT_NAME, build_image
+    from tests.support.procs import argvs
+
+    c = cri_containerd
+    with tempfile.TemporaryDirectory() as d:
+        c.ctr(
+            "images", "import", build_image(os.path.join(d, "bb.tar")), namespace=CRI_NAMESPACE, timeout=120
+        )
+    cri = CriClient(c.grpc_address)
+    pods: dict[str, tuple[str, Any, str]] = {}
+    timings: dict[str, float] = {}
+    try:
+        for name, marker in (("cri-a", 3331), ("cri-b", 4441)):
+            config = cri.sandbox_config(name, str(tmp_path), host_network=False)
+            t0 = time.monotonic()
+            pod_id = cri.run_pod_sandbox(config, CRI_HANDLER)
+            timings[f"RunPodSandbox {name}"] = time.monotonic() - t0
+            cid = cri.create_container(
+                pod_id, config, "w", DEFAULT_NAME, ["sleep", str(marker)], f"{name}.log"
+            )
+            cri.start_container(cid)
+            pods[name] = (pod_id, config, cid)
+        qemus = [
+            pid
+            for pid, argv in argvs()
+            if argv and b"qemu-system" in argv[0] and f"group-{CRI_GROUP}-".encode() in b" ".join(argv)
+        ]
+        assert len(qemus) == 1, f"two CRI pods, one QEMU: {qemus}"
+        views = {
+            name: _exec(
+                cri, cid, f'echo "host=$(hostname)"; echo "cg=$(cat /proc/self/cgroup)"; {LIST_PROCS}'
+            )
+            for name, (_, _, cid) in pods.items()
+        }
+        for name, (pod_id, _, cid) in pods.items():
+            assert views[name]["host"] == [name]
+            assert f"/pods/{pod_id}/{cid}" in views[name]["cg"][0], views[name]["cg"]
+        assert any("sleep 3331" in p for p in views["cri-a"]["proc"]), views["cri-a"]["proc"]
+        assert not any("sleep 4441" in p for p in views["cri-a"]["proc"]), views["cri-a"]["proc"]
+        assert not any("sleep 3331" in p for p in views["cri-b"]["proc"]), views["cri-b"]["proc"]
+        # Each pod has its CNI address inside the one UVM.
+        ips = {}
+        for name, (pod_id, _, _) in pods.items():
+            req = cri.pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
+            status = cri.call("PodSandboxStatus", req, "PodSandboxStatusResponse").status
+            assert status.state == 0  # SANDBOX_READY
+            ips[name] = str(status.network.ip)
+        assert ips["cri-a"] and ips["cri-a"] != ips["cri-b"], ips
+
+        t0 = time.monotonic()
+        cri.stop_pod_sandbox(pods["cri-a"][0])
+        cri.remove_pod_sandbox(pods["cri-a"][0])
+        timings["stop+remove cri-a"] = time.monotonic() - t0
+        still = _exec(cri, pods["cri-b"][2], 'echo "host=$(hostname)"')
+        assert still["host"] == ["cri-b"], "pod B answers after pod A is gone"
+        assert [pid for pid in qemus if os.path.exists(f"/proc/{pid}")] == qemus, "pod B keeps the UVM"
+        cri.stop_pod_sandbox(pods["cri-b"][0])
+        cri.remove_pod_sandbox(pods["cri-b"][0])
+        pods.clear()
+        assert wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in qemus), 20), "QEMU left"
+        assert wait_until(
+            lambda: not [a for _, a in argvs() if a and b"containerd-shim-lcow-v2" in b" ".join(a)], 20
+        ), "shim left"
+        assert not mounts_under(str(c.base / "state")), mounts_under(str(c.base / "state"))
+        print("\nlcow-v2 CRI timings:", {k: round(v, 2) for k, v in timings.items()})
+    finally:
+        for pod_id, _, _ in pods.values():
+            with contextlib.suppress(Exception):
+                cri.stop_pod_sandbox(pod_id)
+                cri.remove_pod_sandbox(pod_id)
+        cri.close()
