@@ -51,7 +51,7 @@ from hcsshim.shim.manager import (
     socket_path,
     write_atomic,
 )
-from hcsshim.shim.options import PROTOCOL, StartInput, decode_start_input
+from hcsshim.shim.options import PROTOCOL, SANDBOX_TASK_API_VERSION, StartInput, decode_start_input
 from hcsshim.shim.rootfs import unmount
 from hcsshim.shim.spec import read_spec, spec_annotations
 from hcsshim.ttrpc import Client, TtrpcError
@@ -59,7 +59,7 @@ from hcsshim.ttrpc.status import Code
 
 log = logging.getLogger(__name__)
 
-TASK_API_VERSION = 3
+TASK_API_VERSION = SANDBOX_TASK_API_VERSION
 # hcsshim's annotation: sandboxes naming the same group share one lcow-v2 shim and UVM.
 UVM_GROUP = "io.hcsshim.lcow-v2.uvm-group"
 UVM_ID_FILE = "uvm-id"

@@ -30,6 +30,8 @@ OPTIONS_TYPE = runhcs_pb2.Options.DESCRIPTOR.full_name
 # without running ``start`` and expect the sandbox semantics of the shim sandboxer; 2 keeps the
 # runhcs-v1 model (``start`` per task, joining the pod's shim), which every daemon understands.
 TASK_API_VERSION = 2
+# containerd-shim-lcow-v2 (shim.manager_v2): the Sandbox API beside Task v3.
+SANDBOX_TASK_API_VERSION = 3
 PROTOCOL = "ttrpc"
 
 
