@@ -474,6 +474,9 @@ def test_cri_pods_on_the_shim_sandboxer_share_one_uvm(cri_containerd: Containerd
         for name, (pod_id, _, cid) in pods.items():
             assert views[name]["host"] == [name]
             assert f"/pods/{pod_id}/{cid}" in views[name]["cg"][0], views[name]["cg"]
+        # CRI's default (POD) PID namespace is the pod's: its sandbox container is pid 1 there.
+        for name in pods:
+            assert any("sleep 2147483647" in p for p in views[name]["proc"]), views[name]["proc"]
         assert any("sleep 3331" in p for p in views["cri-a"]["proc"]), views["cri-a"]["proc"]
         assert not any("sleep 4441" in p for p in views["cri-a"]["proc"]), views["cri-a"]["proc"]
         assert not any("sleep 3331" in p for p in views["cri-b"]["proc"]), views["cri-b"]["proc"]

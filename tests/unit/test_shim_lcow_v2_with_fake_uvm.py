@@ -31,9 +31,25 @@ from hcsshim.shim.service_sandbox import (
     pod_sandbox_config,
 )
 from hcsshim.ttrpc import Code, Server, TtrpcError
-from tests.unit.test_shim_service_with_fake_uvm import CRI_SANDBOX, CRI_TYPE, Events, FakeHost, echo_script
+from tests.unit.test_shim_service_with_fake_uvm import (
+    CRI_SANDBOX,
+    CRI_TYPE,
+    Events,
+    FakeBridge,
+    FakeHost,
+    echo_script,
+)
 
 M = TypeVar("M", bound=Message)
+
+
+class PodBridge(FakeBridge):
+    """The fake bridge whose ShutdownForced ends the container's processes, as the guest's does."""
+
+    async def shutdown_forced(self, container_id: str, **_: Any) -> None:
+        for proc in self.processes.values():
+            if proc.container_id == container_id:
+                proc.finish(137)
 
 
 class FakeVM(FakeHost):
@@ -41,6 +57,7 @@ class FakeVM(FakeHost):
 
     def __init__(self, vm_id: str) -> None:
         super().__init__(vm_id, echo_script(b"", None))
+        self._bridge = PodBridge(echo_script(b"", None))
         self.starts = 0
 
     async def start(self) -> None:
@@ -154,6 +171,8 @@ def test_lcow_v2_two_pods_share_one_fake_uvm_and_stop_alone(tmp_path: Path) -> N
         assert h.factory_calls[0][0] == "pod-a"
         docs = vm.bridge.documents
         # Each pod's sandbox container: its own bundle under /run/gcs/pods/<pod>, CRI sandbox annotations.
+        pause_inits = [p for p in vm.bridge.processes.values() if p.container_id in ("pod-a", "pod-b")]
+        assert sorted(p.container_id for p in pause_inits) == ["pod-a", "pod-b"], "each pause's init runs"
         for pod in ("pod-a", "pod-b"):
             assert docs[pod]["OciBundlePath"] == f"/run/gcs/pods/{pod}/{pod}"
             ann = docs[pod]["OciSpecification"]["annotations"]
@@ -404,3 +423,23 @@ def test_lcow_v2_group_from_the_environment_last(monkeypatch: pytest.MonkeyPatch
     legacy = StartInput(None, None, None)
     assert manager_v2.uvm_group({}, legacy) == "node"
     assert manager_v2.uvm_group({manager_v2.UVM_GROUP: "mine"}, legacy) == "mine"
+
+
+def test_cri_pod_namespace_paths_with_fake_uvm_name_the_pods_sandbox_container(tmp_path: Path) -> None:
+    """containerd's CRI names a pod's namespaces by the sandbox pid StartSandbox gave (none: 0); the
+    guest gets the pod's sandbox container's init instead."""
+
+    async def body() -> None:
+        h = V2Harness(tmp_path)
+        await h.run_pod("p")
+        pause = next(p for p in h.vms[0].bridge.processes.values() if p.container_id == "p")
+        bundle = h.container_bundle("c", "p")
+        spec = json.loads((bundle / "config.json").read_text())
+        spec["linux"] = {"namespaces": [{"type": "pid", "path": "/proc/0/ns/pid"}, {"type": "mount"}]}
+        (bundle / "config.json").write_text(json.dumps(spec))
+        await h.task("Create", v2.CreateTaskRequest(id="c", bundle=str(bundle)), v2.CreateTaskResponse)
+        namespaces = h.vms[0].bridge.documents["c"]["OciSpecification"]["linux"]["namespaces"]
+        assert {"type": "pid", "path": f"/proc/{pause.pid}/ns/pid"} in namespaces
+        assert {"type": "mount"} in namespaces
+
+    run(body())

@@ -35,6 +35,12 @@ _PROC_NS = re.compile(r"^/proc/[0-9]+/ns/([a-z_]+)$")
 PAUSE_BINARY = "/bin/busybox"  # in the UVM image
 PAUSE_ARGS = (PAUSE_BINARY, "sleep", "2147483647")
 PAUSE_ROOTFS = "sandbox-rootfs"
+PAUSE_STDIO = {
+    "CreateStdInPipe": False,
+    "CreateStdOutPipe": False,
+    "CreateStdErrPipe": False,
+    "EmulateConsole": False,
+}
 TEARDOWN_TIMEOUT = 10.0
 
 
@@ -215,7 +221,9 @@ class PodHost:
         self._created = True
         pid = response.get(INIT_PROCESS_ID_KEY) if isinstance(response, dict) else None
         await self.bridge.start_container(self.pod_id)
-        self.sandbox_pid = int(pid or 0)
+        # The init runs (runc start) when it is executed, as a task's init is; it has no stdio.
+        guest = await self.bridge.execute_process(self.pod_id, dict(PAUSE_STDIO))
+        self.sandbox_pid = int(guest.pid or pid or 0)
         log.info("pod sandbox container started", extra={"pod": self.pod_id, "pid": self.sandbox_pid})
         return self.sandbox_pid
 
@@ -227,7 +235,10 @@ class PodHost:
                 await bridge.shutdown_forced(self.pod_id, timeout=TEARDOWN_TIMEOUT)
             if self.sandbox_pid:
                 with contextlib.suppress(Exception):
-                    await bridge.wait_process(self.pod_id, self.sandbox_pid, timeout=TEARDOWN_TIMEOUT)
+                    await asyncio.wait_for(
+                        bridge.wait_process(self.pod_id, self.sandbox_pid, timeout=TEARDOWN_TIMEOUT),
+                        TEARDOWN_TIMEOUT,
+                    )
             try:
                 await bridge.delete_container_state(self.pod_id, timeout=TEARDOWN_TIMEOUT)
             except Exception as exc:
