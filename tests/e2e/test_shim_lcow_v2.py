@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 from hcsshim.api.containerd.sandbox.v1 import sandbox_pb2 as sb
 from hcsshim.api.containerd.task.v2 import shim_pb2 as task
 from hcsshim.api.runhcs.options import runhcs_pb2
+from hcsshim.api.shimdiag import shimdiag_pb2 as diag
 from hcsshim.hcs.qemu.system import state_dir_for
 from hcsshim.shim.manager_v2 import UVM_GROUP
 from hcsshim.ttrpc import Client, Code, TtrpcError
@@ -54,6 +55,7 @@ NAMESPACE = "lcowv2"
 SHIM = VENV_BIN / "containerd-shim-lcow-v2"
 SANDBOX = "containerd.runtime.sandbox.v1.Sandbox"
 TASK_V3 = "containerd.task.v3.Task"
+DIAG = "containerd.runhcs.v1.diag.ShimDiag"
 RPC_TIMEOUT = 300.0
 META = {"containerd-namespace-ttrpc": NAMESPACE}
 PROBE = (
@@ -297,6 +299,13 @@ def test_two_pods_share_one_uvm_and_stop_alone(containerd: Containerd, tmp_path:
             timings["container create+start+output"] = time.monotonic() - t0
             a2 = await asyncio.to_thread((await run_container(ca, work, "a2", "pod-a", rootfs, 1112)).read)
             b1 = await asyncio.to_thread((await run_container(cb, work, "b1", "pod-b", rootfs, 2222)).read)
+            # shimdiag on the same socket: one shim process, every pod's tasks.
+            pid = await call(ca, DIAG, "DiagPid", diag.PidRequest(), diag.PidResponse)
+            assert pid.pid == server_pid
+            listed = await call(cb, DIAG, "DiagTasks", diag.TasksRequest(), diag.TasksResponse)
+            assert sorted(t.id for t in listed.tasks) == ["a1", "a2", "b1"]
+            stats = await call(ca, DIAG, "DiagStats", diag.VmStatsRequest(), diag.VmStatsResponse)
+            assert stats.uvm_id == uvm_id and stats.vmm_pid == qemu_pids(uvm_id)[0]
             # Each pod its own UTS and network namespace, shared by its containers, and its own cgroup.
             assert (
                 a1["host"] == ["pod-a-host"] and a2["host"] == ["pod-a-host"] and b1["host"] == ["pod-b-host"]
