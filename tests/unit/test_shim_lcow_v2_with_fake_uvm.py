@@ -357,6 +357,14 @@ def test_lcow_v2_start_answers_version_3_and_groups() -> None:
     legacy = StartInput(None, None, None)
     answer = json.loads(manager_v2.start_answer_v3(legacy, "unix:///s"))
     assert answer == {"version": 3, "address": "unix:///s", "protocol": "ttrpc"}
+    # containerd 2.3+ sends BootstrapParams and reads a BootstrapResult back.
+    from hcsshim.api.containerd.bootstrap.v1 import bootstrap_pb2
+    from hcsshim.shim.options import decode_start_input
+
+    params = bootstrap_pb2.BootstrapParams(instance_id="sb", namespace="k8s.io")
+    boot = decode_start_input(params.SerializeToString(), "sb", "k8s.io")
+    result = bootstrap_pb2.BootstrapResult.FromString(manager_v2.start_answer_v3(boot, "unix:///s"))
+    assert (result.version, result.address, result.protocol) == (3, "unix:///s", "ttrpc")
     options = runhcs_pb2.Options()
     options.default_container_annotations[manager_v2.UVM_GROUP] = "shared"
     with_defaults = StartInput(None, options, None)
