@@ -368,6 +368,10 @@ def test_two_pods_share_one_uvm_and_stop_alone(containerd: Containerd, tmp_path:
 
     try:
         asyncio.run(body())
+        # Pod A's bundle (and the log FIFO the shim started on) went with pod A: the log moved to B's.
+        assert wait_until(lambda: "sandbox shut down" in drains["pod-b"].tail(200), 10), drains[
+            "pod-b"
+        ].tail()
         shim(c, "delete", "pod-b", pods["pod-b"])
         owner = uvm_id
         assert wait_until(lambda: not os.path.exists(f"/proc/{server_pid}"), 20), "the shim did not exit"

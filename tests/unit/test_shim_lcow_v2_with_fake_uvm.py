@@ -451,3 +451,24 @@ def test_cri_pod_namespace_paths_with_fake_uvm_name_the_pods_sandbox_container(t
         assert {"type": "mount"} in namespaces
 
     run(body())
+
+
+def test_lcow_v2_log_moves_when_its_sandbox_goes_with_fake_uvm(tmp_path: Path) -> None:
+    async def body() -> None:
+        h = V2Harness(tmp_path)
+        moved: list[str] = []
+        h.service.log_bundle = str(tmp_path / "sandboxes" / "first")
+        h.service._relog = moved.append
+        await h.run_pod("first")
+        await h.run_pod("second")
+        await h.sandbox(
+            "ShutdownSandbox", sb.ShutdownSandboxRequest(sandbox_id="second"), sb.ShutdownSandboxResponse
+        )
+        assert moved == [], "the log's own sandbox is still there"
+        await h.run_pod("third")
+        await h.sandbox(
+            "ShutdownSandbox", sb.ShutdownSandboxRequest(sandbox_id="first"), sb.ShutdownSandboxResponse
+        )
+        assert moved == [str(tmp_path / "sandboxes" / "third" / "log")]
+
+    run(body())

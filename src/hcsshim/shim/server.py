@@ -87,6 +87,8 @@ async def _serve(flags: Flags, start_input: StartInput, kind: ShimKind) -> int:
             uvm_id=served_uvm_id(bundle, flags.id),
             default_options=start_input.options,
             on_shutdown=stop.set,
+            log_bundle=bundle,
+            relog=logs.redirect_stderr_to_fifo,
         )
     else:
         service = TaskService(

@@ -141,6 +141,8 @@ class SandboxShimService(TaskService):
         uvm_id: str,
         default_options: runhcs_pb2.Options | None = None,
         on_shutdown: Callable[[], None] | None = None,
+        log_bundle: str = "",
+        relog: Callable[[str], object] | None = None,
     ) -> None:
         super().__init__(
             events_sink,
@@ -159,6 +161,10 @@ class SandboxShimService(TaskService):
         self._sandbox_lock = asyncio.Lock()
         self._vm_lock = asyncio.Lock()
         self._register_oom, self._dispatch_oom = oom_router(self._owner_of)
+        # The shim logs to the ``log`` FIFO of the bundle it was started in; containerd reads that only
+        # while that sandbox lives, so when it goes the log moves to a remaining sandbox's bundle.
+        self.log_bundle = log_bundle
+        self._relog = relog
 
     # ---- registration ----------------------------------------------------------------------------
 
@@ -421,6 +427,8 @@ class SandboxShimService(TaskService):
             self._register_oom(s.id, None)
             del self.sandboxes[s.id]
             last = not self.sandboxes
+            if not last and s.bundle and s.bundle == self.log_bundle:
+                self._move_log()
             if last:
                 await self._terminate_vm()
         log.info("sandbox shut down", extra={"sandbox": s.id, "last": last})
@@ -430,6 +438,15 @@ class SandboxShimService(TaskService):
                 # After this reply is on the wire.
                 asyncio.get_running_loop().call_soon(self._on_shutdown)
         return sb.ShutdownSandboxResponse()
+
+    def _move_log(self) -> None:
+        for other in self.sandboxes.values():
+            if other.bundle:
+                log.info("shim log moves to another sandbox's bundle", extra={"sandbox": other.id})
+                self.log_bundle = other.bundle
+                if self._relog is not None:
+                    self._relog(os.path.join(other.bundle, "log"))
+                return
 
     async def _terminate_vm(self) -> None:
         vm, self.vm = self.vm, None
