@@ -216,6 +216,11 @@ def test_lcow_v2_two_pods_share_one_fake_uvm_and_stop_alone(tmp_path: Path) -> N
         )
         await asyncio.sleep(0)
         assert vm.terminated and h.shutdowns == 1, "the last ShutdownSandbox ends the UVM and the shim"
+        # A sandbox that reached the shim on its way out is refused, not given a UVM that dies with it.
+        with pytest.raises(TtrpcError) as err:
+            await h.run_pod("late")
+        assert err.value.code == Code.UNAVAILABLE and "shutting down" in err.value.message
+        assert len(h.vms) == 1
         assert {"c-b", "c-b2", "pod-b"} <= set(vm.bridge.deleted)
 
     run(body())

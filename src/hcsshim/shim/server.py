@@ -40,11 +40,23 @@ def _signal_ready(fd: int, text: str) -> None:
         os.close(fd)
 
 
-def _remove_socket(address: str) -> None:
+def _socket_inode(address: str) -> int:
     with contextlib.suppress(OSError, ValueError):
         path = socket_address(address)
-        if not path.startswith("\0") and stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
+        if not path.startswith("\0"):
+            return os.lstat(path).st_ino
+    return 0
+
+
+def _remove_socket(address: str, inode: int = 0) -> None:
+    """Unlink the socket file; with ``inode``, only while it is still ours (an lcow-v2 group shim
+    unlinks it early, and a new shim of the group may have bound the path since)."""
+    with contextlib.suppress(OSError, ValueError):
+        path = socket_address(address)
+        if not path.startswith("\0"):
+            st = os.lstat(path)
+            if stat.S_ISSOCK(st.st_mode) and (not inode or st.st_ino == inode):
+                os.unlink(path)
 
 
 def dump_tasks() -> None:
@@ -110,14 +122,17 @@ async def _serve(flags: Flags, start_input: StartInput, kind: ShimKind) -> int:
     else:
         await server.start(flags.socket)
     _signal_ready(flags.ready_fd, "ok")
+    inode = _socket_inode(flags.socket)
     log.info("shim serving", extra={"address": flags.socket, "pid": os.getpid()})
     await stop.wait()
+    # No new connections find a shim on its way out (an lcow-v2 group's next sandbox starts a new one).
+    _remove_socket(flags.socket, inode)
     log.info("shim shutting down", extra={"requested": service.shutdown_requested})
     await asyncio.sleep(SHUTDOWN_GRACE)  # let the Shutdown response reach containerd
     await service.close()
     await publisher.close(timeout=EVENT_FLUSH_TIMEOUT)
     await server.close()
-    _remove_socket(flags.socket)
+    _remove_socket(flags.socket, inode)
     return 0
 
 

@@ -293,6 +293,11 @@ class SandboxShimService(TaskService):
                 "CreateSandbox: rootfs is not supported (the pod's sandbox container needs none)",
             )
         async with self._sandbox_lock:
+            if self.shutdown_requested:
+                raise TtrpcError(
+                    Code.UNAVAILABLE,
+                    f"CreateSandbox {req.sandbox_id}: this shim is shutting down (its last sandbox went)",
+                )
             if req.sandbox_id in self.sandboxes:
                 raise TtrpcError(
                     Code.ALREADY_EXISTS, f"CreateSandbox: sandbox {req.sandbox_id} already exists"
@@ -430,13 +435,12 @@ class SandboxShimService(TaskService):
             if not last and s.bundle and s.bundle == self.log_bundle:
                 self._move_log()
             if last:
+                self.shutdown_requested = True
                 await self._terminate_vm()
         log.info("sandbox shut down", extra={"sandbox": s.id, "last": last})
-        if last:
-            self.shutdown_requested = True
-            if self._on_shutdown is not None:
-                # After this reply is on the wire.
-                asyncio.get_running_loop().call_soon(self._on_shutdown)
+        if last and self._on_shutdown is not None:
+            # After this reply is on the wire.
+            asyncio.get_running_loop().call_soon(self._on_shutdown)
         return sb.ShutdownSandboxResponse()
 
     def _move_log(self) -> None:
