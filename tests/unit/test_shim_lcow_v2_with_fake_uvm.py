@@ -477,3 +477,17 @@ def test_lcow_v2_log_moves_when_its_sandbox_goes_with_fake_uvm(tmp_path: Path) -
         assert moved == [str(tmp_path / "sandboxes" / "third" / "log")]
 
     run(body())
+
+
+def test_lcow_v2_joiner_with_fake_uvm_cannot_ask_for_another_vm(tmp_path: Path) -> None:
+    async def body() -> None:
+        h = V2Harness(tmp_path)
+        mem = "io.microsoft.virtualmachine.computetopology.memory.sizeinmb"
+        await h.run_pod("p1", annotations={mem: "512"})
+        await h.run_pod("p2", annotations={mem: "512", "io.kubernetes.cri.pod-name": "x"})
+        with pytest.raises(TtrpcError) as err:
+            await h.run_pod("p3", annotations={mem: "1024"})
+        assert err.value.code == Code.FAILED_PRECONDITION and mem in err.value.message
+        assert len(h.vms) == 1 and "p3" not in h.service.sandboxes
+
+    run(body())

@@ -61,6 +61,8 @@ NOTREADY = "SANDBOX_NOTREADY"
 VM_FAILED_STATUS = 1359
 STOP_KILL_WAIT = 10.0
 POD_SANDBOX_CONFIG = foreign_types.POD_SANDBOX_CONFIG
+# Annotations that configure the UVM itself (upstream's io.microsoft.virtualmachine.*, and ours).
+VM_ANNOTATIONS = ("io.microsoft.virtualmachine.", "io.hcsshim.virtualmachine.")
 
 # Creates (does not start) the shim's UVM: (uvm id, sandbox annotations, runtime options) ->
 # (the VM, its architecture as SandboxOptions says).
@@ -157,6 +159,8 @@ class SandboxShimService(TaskService):
         self.architecture = ""
         self.vm_started = False
         self.vm_failed = ""
+        # The VM-level annotations the UVM was built with (the first sandbox's).
+        self.vm_annotations: dict[str, str] = {}
         self.sandboxes: dict[str, Sandbox] = {}
         self._sandbox_lock = asyncio.Lock()
         self._vm_lock = asyncio.Lock()
@@ -309,9 +313,18 @@ class SandboxShimService(TaskService):
                 vm, arch = await self.vm_factory(self.uvm_id, annotations, options)
                 vm.subscribe(on_oom=self._dispatch_oom)
                 self.vm, self.architecture = vm, arch
+                self.vm_annotations = {k: v for k, v in annotations.items() if k.startswith(VM_ANNOTATIONS)}
                 log.info("uvm created", extra={"uvm": self.uvm_id, "sandbox": req.sandbox_id})
             else:
-                # The UVM was built for the first sandbox; later ones only add a pod to it.
+                # The UVM was built for the first sandbox; a later one only adds a pod to it, so a VM
+                # setting it asks for that the UVM does not have cannot be honoured.
+                for key, value in sorted(annotations.items()):
+                    if key.startswith(VM_ANNOTATIONS) and self.vm_annotations.get(key) != value:
+                        raise TtrpcError(
+                            Code.FAILED_PRECONDITION,
+                            f"CreateSandbox {req.sandbox_id}: annotation {key}={value!r} differs from the "
+                            f"shared UVM {self.uvm_id}'s ({self.vm_annotations.get(key, 'unset')!r})",
+                        )
                 log.info(
                     "sandbox joins the running uvm", extra={"uvm": self.uvm_id, "sandbox": req.sandbox_id}
                 )
