@@ -33,6 +33,7 @@ LOCAL_STATE_ENV = "HCSSHIM_LOCAL_STATE"
 SHIM_HOST_FACTORY_ENV = "HCSSHIM_SHIM_HOST_FACTORY"
 UVM_POOL_SIZE_ENV = "HCSSHIM_UVM_POOL_SIZE"
 UVM_POOL_MEMORY_MB_ENV = "HCSSHIM_UVM_POOL_MEMORY_MB"
+LCOW_V2_UVM_GROUP_ENV = "HCSSHIM_LCOW_V2_UVM_GROUP"
 TTRPC_ADDRESS_ENV = "TTRPC_ADDRESS"
 
 DEFAULT_QEMU = "qemu-system-x86_64"
@@ -82,6 +83,10 @@ class Settings:
     uvm_pool_size: int = 0
     # HCSSHIM_UVM_POOL_MEMORY_MB: cap on the guest memory of all pooled clones together; 0 = none.
     uvm_pool_memory_mb: int = 0
+    # HCSSHIM_LCOW_V2_UVM_GROUP: the UVM group of lcow-v2 sandboxes whose annotations and runtime
+    # options name none (shim/manager_v2.py: containerd 2.1's CRI can pass neither to `start`);
+    # "" = a UVM per sandbox.
+    lcow_v2_uvm_group: str = ""
     # TTRPC_ADDRESS (set by containerd, not ours): its ttrpc socket, where the shim publishes events.
     ttrpc_address: str = ""
 
@@ -111,6 +116,7 @@ class Settings:
             shim_host_factory=text(SHIM_HOST_FACTORY_ENV),
             uvm_pool_size=_count(environ, UVM_POOL_SIZE_ENV),
             uvm_pool_memory_mb=_count(environ, UVM_POOL_MEMORY_MB_ENV),
+            lcow_v2_uvm_group=text(LCOW_V2_UVM_GROUP_ENV).strip(),
             ttrpc_address=text(TTRPC_ADDRESS_ENV),
             slow_callback_ms=_milliseconds(environ, SLOW_CALLBACK_ENV),
             guest_slow_callback_ms=_milliseconds(environ, GUEST_SLOW_CALLBACK_ENV),

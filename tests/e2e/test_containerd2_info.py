@@ -13,7 +13,7 @@ from tests.support.containerd import Containerd, available, running_containerd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
-RUNTIMES = ("io.containerd.runhcs.v1", "io.containerd.process.v2")
+RUNTIMES = ("io.containerd.runhcs.v1", "io.containerd.lcow.v2", "io.containerd.process.v2")
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +37,6 @@ def test_containerd2_decodes_info_of_each_shim(containerd2: Containerd, runtime:
     assert doc["Options"] == {"config_path": "/etc/hcsshim/x.toml"}
     assert doc["Features"]["ociVersionMin"].startswith("1.")
     assert doc["Annotations"]["io.github.hcsshim.runtime"] == runtime
+    # lcow-v2 is the Sandbox API + Task v3 shim; the others answer start with version 2.
+    expected_api = "3" if runtime == "io.containerd.lcow.v2" else "2"
+    assert doc["Annotations"]["io.github.hcsshim.task-api-version"] == expected_api

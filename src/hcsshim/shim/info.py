@@ -25,7 +25,14 @@ from google.protobuf.message import DecodeError
 from hcsshim import errdefs
 from hcsshim.api.containerd.types import introspection_pb2
 from hcsshim.shim.kind import PROCESS_V2, ShimKind
-from hcsshim.shim.options import OPTIONS_TYPE, TASK_API_VERSION, OptionsError, type_matches, unpack_options
+from hcsshim.shim.options import (
+    OPTIONS_TYPE,
+    SANDBOX_TASK_API_VERSION,
+    TASK_API_VERSION,
+    OptionsError,
+    type_matches,
+    unpack_options,
+)
 
 FEATURES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
 RUNC_TIMEOUT = 10.0
@@ -151,7 +158,9 @@ def runtime_info(kind: ShimKind, stdin_data: bytes, boot_files: str | None = Non
         info.features.type_url = FEATURES_TYPE_URL
         info.features.value = data
     info.annotations[ANNOTATION_RUNTIME] = kind.runtime
-    info.annotations[ANNOTATION_TASK_API] = str(TASK_API_VERSION)
+    info.annotations[ANNOTATION_TASK_API] = str(
+        SANDBOX_TASK_API_VERSION if kind.sandbox_api else TASK_API_VERSION
+    )
     info.annotations[ANNOTATION_ISOLATION] = "process" if kind.binary == PROCESS_V2.binary else "uvm"
     info.annotations[ANNOTATION_FEATURES_SOURCE] = source
     return info.SerializeToString()

@@ -23,6 +23,9 @@ class ShimKind:
     host_factory: HostFactory
     # What ``delete`` runs (with the task id) to tear down a host whose shim is gone.
     cleanup: Callable[[str], None]
+    # The upstream V2 model: the Sandbox API beside Task v3, pods made by CreateSandbox/StartSandbox
+    # (shim.manager_v2, shim.service_sandbox) instead of by the first task.
+    sandbox_api: bool = False
 
 
 # The factories live in modules that import the builder, the bridge and the compute backend; ``start``
@@ -65,4 +68,23 @@ PROCESS_V2 = ShimKind(
     module="hcsshim.cli.shim_process_v2",
     host_factory=_create_local_host,
     cleanup=_cleanup_local_host,
+)
+
+
+async def _no_task_host(host_id: str, spec: dict[str, Any], options: runhcs_pb2.Options | None) -> Host:
+    from hcsshim import errdefs
+
+    raise errdefs.NotImplementedKind(
+        f"task {host_id}: io.containerd.lcow.v2 makes pods with CreateSandbox/StartSandbox, not with a task"
+    )
+
+
+LCOW_V2 = ShimKind(
+    binary="containerd-shim-lcow-v2",
+    runtime="io.containerd.lcow.v2",
+    module="hcsshim.cli.shim_lcow_v2",
+    host_factory=_no_task_host,
+    # Not used: lcow-v2's delete (shim.manager_v2) finds the UVM of the sandbox's bundle.
+    cleanup=_kill_uvm,
+    sandbox_api=True,
 )

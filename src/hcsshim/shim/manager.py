@@ -331,8 +331,16 @@ def run(
         try:
             if action == "start":
                 data = b"".join(stdin) if stdin is not None else sys.stdin.buffer.read()
+                if kind.sandbox_api:
+                    from hcsshim.shim import manager_v2
+
+                    return 0, manager_v2.start(flags, data, bundle_dir(flags), kind), ""
                 return 0, start(flags, data, bundle_dir(flags), kind), ""
             if action == "delete":
+                if kind.sandbox_api:
+                    from hcsshim.shim import manager_v2
+
+                    return 0, manager_v2.delete(flags, bundle_dir(flags), kind), ""
                 return 0, delete(flags, bundle_dir(flags), kind), ""
         except Exception as exc:
             return 1, b"", f"{kind.binary} {action}: {exc}\n" + "".join(f"  {line}\n" for line in held)

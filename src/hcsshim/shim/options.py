@@ -17,18 +17,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, json_format
 from google.protobuf.message import DecodeError
 
 from hcsshim import errdefs
 from hcsshim.api.containerd.bootstrap.v1 import bootstrap_pb2
 from hcsshim.api.runhcs.options import runhcs_pb2
+from hcsshim.shim import foreign_types
 
 OPTIONS_TYPE = runhcs_pb2.Options.DESCRIPTOR.full_name
 # Task API version we answer with. 3 would make containerd 2.x route pod containers to our socket
 # without running ``start`` and expect the sandbox semantics of the shim sandboxer; 2 keeps the
 # runhcs-v1 model (``start`` per task, joining the pod's shim), which every daemon understands.
 TASK_API_VERSION = 2
+# containerd-shim-lcow-v2 (shim.manager_v2): the Sandbox API beside Task v3.
+SANDBOX_TASK_API_VERSION = 3
 PROTOCOL = "ttrpc"
 
 
@@ -67,6 +70,40 @@ def unpack_options(value: any_pb2.Any | None) -> runhcs_pb2.Options | None:
     return options
 
 
+def unpack_any_options(value: any_pb2.Any | None) -> runhcs_pb2.Options | None:
+    """runhcs Options from an options Any: the message itself, or containerd's
+    ``runtimeoptions.v1.Options`` (what CRI sends a runtime type it has no options type for, such as
+    ``io.containerd.lcow.v2``) whose ``ConfigPath`` names a file, or whose ``ConfigBody`` is, runhcs
+    Options as protobuf JSON (``{"defaultContainerAnnotations": {...}, "sandboxPlatform": ...}``).
+    Any other type: None (tolerated and ignored)."""
+    if value is None:
+        return None
+    if type_matches(value.type_url, OPTIONS_TYPE):
+        return unpack_options(value)
+    if not type_matches(value.type_url, foreign_types.RUNTIME_OPTIONS):
+        return None
+    try:
+        _, path, body = foreign_types.runtime_options(value.value)
+    except ValueError as exc:
+        raise OptionsError(f"runtime options: {exc}") from exc
+    where = "ConfigBody"
+    if not body and path:
+        where = path
+        try:
+            with open(path, "rb") as f:
+                body = f.read()
+        except OSError as exc:
+            raise OptionsError(f"runtime options ConfigPath {path}: {exc.strerror or exc}") from exc
+    if not body:
+        return None
+    options = runhcs_pb2.Options()
+    try:
+        json_format.Parse(body, options)
+    except (json_format.ParseError, UnicodeDecodeError) as exc:
+        raise OptionsError(f"runtime options {where}: not {OPTIONS_TYPE} as JSON: {exc}") from exc
+    return options
+
+
 def parse_bootstrap(data: bytes, shim_id: str, namespace: str) -> bootstrap_pb2.BootstrapParams | None:
     if not data:
         return None
@@ -86,6 +123,9 @@ def decode_start_input(data: bytes, shim_id: str, namespace: str) -> StartInput:
         for ext in params.extensions:
             if ext.HasField("value") and type_matches(ext.value.type_url, OPTIONS_TYPE):
                 return StartInput(params, unpack_options(ext.value), ext.value)
+        for ext in params.extensions:
+            if ext.HasField("value") and type_matches(ext.value.type_url, foreign_types.RUNTIME_OPTIONS):
+                return StartInput(params, unpack_any_options(ext.value), ext.value)
         first = params.extensions[0].value if params.extensions else None
         return StartInput(params, None, first)
     if not data:
@@ -95,7 +135,7 @@ def decode_start_input(data: bytes, shim_id: str, namespace: str) -> StartInput:
         value.ParseFromString(data)
     except DecodeError as exc:
         raise OptionsError(f"stdin is neither BootstrapParams nor a runtime options Any: {exc}") from exc
-    return StartInput(None, unpack_options(value), value)
+    return StartInput(None, unpack_any_options(value), value)
 
 
 def options_from_any(value: any_pb2.Any | None) -> runhcs_pb2.Options | None:

@@ -19,7 +19,7 @@ from hcsshim import loopwatch, settings
 from hcsshim.shim import logs
 from hcsshim.shim.flags import Flags
 from hcsshim.shim.kind import RUNHCS_V1, ShimKind
-from hcsshim.shim.options import decode_start_input, log_level
+from hcsshim.shim.options import StartInput, decode_start_input, log_level
 from hcsshim.shim.service_diag import DiagService
 from hcsshim.shim.service_task import TaskService
 from hcsshim.ttrpc import Server
@@ -40,11 +40,23 @@ def _signal_ready(fd: int, text: str) -> None:
         os.close(fd)
 
 
-def _remove_socket(address: str) -> None:
+def _socket_inode(address: str) -> int:
     with contextlib.suppress(OSError, ValueError):
         path = socket_address(address)
-        if not path.startswith("\0") and stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
+        if not path.startswith("\0"):
+            return os.lstat(path).st_ino
+    return 0
+
+
+def _remove_socket(address: str, inode: int = 0) -> None:
+    """Unlink the socket file; with ``inode``, only while it is still ours (an lcow-v2 group shim
+    unlinks it early, and a new shim of the group may have bound the path since)."""
+    with contextlib.suppress(OSError, ValueError):
+        path = socket_address(address)
+        if not path.startswith("\0"):
+            st = os.lstat(path)
+            if stat.S_ISSOCK(st.st_mode) and (not inode or st.st_ino == inode):
+                os.unlink(path)
 
 
 def dump_tasks() -> None:
@@ -69,22 +81,38 @@ def ttrpc_address(flags: Flags) -> str:
     return settings.current().ttrpc_address or (flags.address + ".ttrpc" if flags.address else "")
 
 
-async def _serve(flags: Flags, stdin_data: bytes, kind: ShimKind) -> int:
+async def _serve(flags: Flags, start_input: StartInput, kind: ShimKind) -> int:
     from hcsshim.shim.publisher import Publisher
 
-    start_input = decode_start_input(stdin_data, flags.id, flags.namespace)
     publisher = Publisher(ttrpc_address(flags), flags.namespace)
     stop = asyncio.Event()
-    service = TaskService(
-        publisher,
-        kind.host_factory,
-        namespace=flags.namespace,
-        default_options=start_input.options,
-        on_shutdown=stop.set,
-    )
+    service: TaskService
+    if kind.sandbox_api:
+        from hcsshim.shim.manager_v2 import served_uvm_id
+        from hcsshim.shim.service_sandbox import SandboxShimService, create_shared_vm
+
+        bundle = os.path.abspath(flags.bundle or os.getcwd())
+        service = SandboxShimService(
+            publisher,
+            create_shared_vm,
+            namespace=flags.namespace,
+            uvm_id=served_uvm_id(bundle, flags.id),
+            default_options=start_input.options,
+            on_shutdown=stop.set,
+            log_bundle=bundle,
+            relog=logs.redirect_stderr_to_fifo,
+        )
+    else:
+        service = TaskService(
+            publisher,
+            kind.host_factory,
+            namespace=flags.namespace,
+            default_options=start_input.options,
+            on_shutdown=stop.set,
+        )
     server = Server()
     service.register(server)
-    DiagService(lambda: service.pod).register(server)
+    DiagService(service.host_pod, service.pods).register(server)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -94,14 +122,17 @@ async def _serve(flags: Flags, stdin_data: bytes, kind: ShimKind) -> int:
     else:
         await server.start(flags.socket)
     _signal_ready(flags.ready_fd, "ok")
+    inode = _socket_inode(flags.socket)
     log.info("shim serving", extra={"address": flags.socket, "pid": os.getpid()})
     await stop.wait()
+    # No new connections find a shim on its way out (an lcow-v2 group's next sandbox starts a new one).
+    _remove_socket(flags.socket, inode)
     log.info("shim shutting down", extra={"requested": service.shutdown_requested})
     await asyncio.sleep(SHUTDOWN_GRACE)  # let the Shutdown response reach containerd
     await service.close()
     await publisher.close(timeout=EVENT_FLUSH_TIMEOUT)
     await server.close()
-    _remove_socket(flags.socket)
+    _remove_socket(flags.socket, inode)
     return 0
 
 
@@ -121,7 +152,7 @@ def serve(flags: Flags, kind: ShimKind = RUNHCS_V1) -> int:
     logs.configure(level, {"id": flags.id, "namespace": flags.namespace}, runtime=kind.runtime)
     try:
         watch_slow_callbacks()
-        return asyncio.run(_serve(flags, stdin_data, kind))
+        return asyncio.run(_serve(flags, start_input, kind))
     except BaseException as exc:
         _signal_ready(flags.ready_fd, f"{type(exc).__name__}: {exc}")
         log.exception("shim server failed")

@@ -29,6 +29,7 @@ from hcsshim.api.shimdiag import shimdiag_pb2 as diag
 from hcsshim.hvsock.abi import NULL_CONTAINER_ID
 from hcsshim.shim.io import ProcessIO
 from hcsshim.shim.pod import Pod
+from hcsshim.shim.pod_host import PodHost
 from hcsshim.ttrpc import Code, Context, MethodTable, Server, TtrpcError
 from hcsshim.ttrpc.status import from_exception
 from hcsshim.uvm.utility_vm import UtilityVM
@@ -54,8 +55,12 @@ def host_stacks() -> str:
 
 
 class DiagService:
-    def __init__(self, pod: Callable[[], Pod | None]) -> None:
+    """``pod`` gives the pod whose host shimdiag's calls go into (None: no UVM yet); ``pods`` every pod
+    whose tasks DiagTasks lists (default: that one; lcow-v2 has several in one UVM)."""
+
+    def __init__(self, pod: Callable[[], Pod | None], pods: Callable[[], list[Pod]] | None = None) -> None:
         self._pod = pod
+        self._all = pods
 
     def register(self, server: Server) -> None:
         handlers: dict[str, tuple[type[Message], Callable[[Context, Any], Awaitable[Message]]]] = {
@@ -120,10 +125,12 @@ class DiagService:
 
     async def tasks(self, ctx: Context, req: diag.TasksRequest) -> diag.TasksResponse:
         resp = diag.TasksResponse()
-        pod = self._pod()
-        if pod is None:
-            return resp
-        for task in list(pod.tasks.values()):
+        if self._all is not None:
+            pods = self._all()
+        else:
+            pod = self._pod()
+            pods = [pod] if pod is not None else []
+        for task in [t for pod in pods for t in list(pod.tasks.values())]:
             entry = resp.tasks.add(id=task.id)
             if req.execs:
                 entry.execs.add(id="", state=task.init.state.value)
@@ -142,7 +149,8 @@ class DiagService:
 
     async def vm_stats(self, ctx: Context, req: diag.VmStatsRequest) -> diag.VmStatsResponse:
         pod = self._running_pod("DiagStats")
-        vm = pod.host
+        # An lcow-v2 pod is a view on the UVM all of the shim's pods share.
+        vm = pod.host.vm if isinstance(pod.host, PodHost) else pod.host
         if not isinstance(vm, UtilityVM):
             raise TtrpcError(Code.FAILED_PRECONDITION, "DiagStats: this shim runs no utility VM (process-v2)")
         props = await vm.system.properties()

@@ -36,7 +36,7 @@ from hcsshim.shim.options import options_from_any
 from hcsshim.shim.pod import Pod
 from hcsshim.shim.process import Process, State
 from hcsshim.shim.rootfs import MountSpec
-from hcsshim.shim.spec import read_spec, role_and_sandbox
+from hcsshim.shim.spec import Role, read_spec, role_and_sandbox
 from hcsshim.shim.stats import container_metrics
 from hcsshim.shim.task import Task
 from hcsshim.ttrpc import Code, Context, MethodTable, Server, TtrpcError
@@ -65,6 +65,9 @@ def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp:
 
 
 class TaskService:
+    # containerd 1.6-2.2 dial v2 and 2.x may dial v3 of a version-2 shim; the lcow-v2 shim serves v3 only.
+    task_services: tuple[str, ...] = (SERVICE_V2, SERVICE_V3)
+
     def __init__(
         self,
         events_sink: EventSink,
@@ -112,7 +115,7 @@ class TaskService:
             "Shutdown": (v2.ShutdownRequest, self.shutdown),
         }
         table: MethodTable = {name: (req, self._wrap(fn)) for name, (req, fn) in handlers.items()}
-        for service in (SERVICE_V2, SERVICE_V3):
+        for service in self.task_services:
             server.register(service, table)
 
     @staticmethod
@@ -134,10 +137,53 @@ class TaskService:
         return handler
 
     def _task(self, task_id: str) -> Task:
-        task = self.pod.tasks.get(task_id) if self.pod is not None else None
-        if task is None:
+        return self._located(task_id)[1]
+
+    def _located(self, task_id: str) -> tuple[Pod, Task]:
+        found = self._find(task_id)
+        if found is None:
             raise TtrpcError(Code.NOT_FOUND, f"task {task_id}: not found")
-        return task
+        return found
+
+    # ---- where tasks live: runhcs-v1's one pod per shim (the lcow-v2 service overrides these) -----
+
+    def _find(self, task_id: str) -> tuple[Pod, Task] | None:
+        pod = self.pod
+        task = pod.tasks.get(task_id) if pod is not None else None
+        return (pod, task) if pod is not None and task is not None else None
+
+    def _pods(self) -> list[Pod]:
+        return [self.pod] if self.pod is not None else []
+
+    def pods(self) -> list[Pod]:
+        """Every pod this shim serves (shimdiag lists their tasks)."""
+        return self._pods()
+
+    def host_pod(self) -> Pod | None:
+        """The pod whose host shimdiag's calls go into."""
+        return self.pod
+
+    async def _admit(
+        self,
+        task_id: str,
+        spec: dict[str, Any],
+        role: Role,
+        sandbox_id: str,
+        options: runhcs_pb2.Options | None,
+    ) -> tuple[Pod, bool]:
+        """The pod a new task goes into, and whether this task made it (and so owns its host)."""
+        if self.pod is None:
+            host = await self.host_factory(task_id, spec, options)
+            self.pod = Pod(task_id, role, host, self._on_host_exit, self._on_oom)
+            return self.pod, True
+        self.pod.check_joinable(task_id, role, sandbox_id)
+        return self.pod, False
+
+    async def _drop_pod(self, pod: Pod) -> None:
+        """The pod's owning task is gone (deleted, or its create failed): its host goes too."""
+        await pod.close()
+        if self.pod is pod:
+            self.pod = None
 
     def _on_exit(self, proc: Process) -> None:
         self.publish(
@@ -165,14 +211,14 @@ class TaskService:
         if req.checkpoint or req.parent_checkpoint:
             raise TtrpcError(Code.UNIMPLEMENTED, "checkpoint restore is not supported")
         async with self._lock:
-            if self.pod is not None and req.id in self.pod.tasks:
+            if self._find(req.id) is not None:
                 raise TtrpcError(Code.ALREADY_EXISTS, f"task {req.id}: already exists")
             spec = await asyncio.to_thread(read_spec, req.bundle)
             role, sandbox_id = role_and_sandbox(spec, req.id)
             options = options_from_any(req.options if req.HasField("options") else None)
             options = options or self.default_options
             cgroup_path = shim_cgroup(req.options if req.HasField("options") else None)
-            if cgroup_path and self.pod is None:
+            if cgroup_path and not self._pods():
                 try:
                     # Before anything else runs in this shim, so QEMU or the agent start there too.
                     joined = await asyncio.to_thread(cgroup.join, cgroup_path)
@@ -183,13 +229,7 @@ class TaskService:
             terminal = bool(req.terminal or process_spec.get("terminal"))
             io = ProcessIO(req.stdin, req.stdout, req.stderr, terminal)
             rootfs = [MountSpec(m.type, m.source, tuple(m.options)) for m in req.rootfs]
-            new_pod = self.pod is None
-            if self.pod is None:
-                host = await self.host_factory(req.id, spec, options)
-                self.pod = Pod(req.id, role, host, self._on_host_exit, self._on_oom)
-            else:
-                self.pod.check_joinable(req.id, role, sandbox_id)
-            pod = self.pod
+            pod, new_pod = await self._admit(req.id, spec, role, sandbox_id, options)
             task = Task(
                 req.id,
                 req.bundle,
@@ -204,8 +244,7 @@ class TaskService:
                 await task.create(rootfs)
             except BaseException:
                 if new_pod:
-                    await pod.close()
-                    self.pod = None
+                    await self._drop_pod(pod)
                 raise
             pod.tasks[req.id] = task
         self.publish(
@@ -243,7 +282,7 @@ class TaskService:
         return v2.StartResponse(pid=pid)
 
     async def delete(self, ctx: Context, req: v2.DeleteRequest) -> v2.DeleteResponse:
-        task = self._task(req.id)
+        pod, task = self._located(req.id)
         if req.exec_id:
             proc = await task.remove_exec(req.exec_id)
             self.publish(self._delete_event(proc))
@@ -251,8 +290,6 @@ class TaskService:
         proc = task.init
         if proc.state is State.RUNNING:
             raise TtrpcError(Code.FAILED_PRECONDITION, f"task {req.id} is still running")
-        pod = self.pod
-        assert pod is not None
         if task.owns_host and len(pod.tasks) > 1:
             others = sorted(t for t in pod.tasks if t != req.id)
             raise TtrpcError(Code.FAILED_PRECONDITION, f"sandbox {req.id} still has containers {others}")
@@ -261,8 +298,7 @@ class TaskService:
         await task.delete()
         del pod.tasks[req.id]
         if task.owns_host:
-            await pod.close()
-            self.pod = None
+            await self._drop_pod(pod)
         self.publish(self._delete_event(proc))
         log.info("task deleted", extra={"task": req.id, "status": proc.exit_status})
         return self._delete_response(proc)
@@ -356,25 +392,22 @@ class TaskService:
     # ---- whole task ----------------------------------------------------------------------------
 
     async def pause(self, ctx: Context, req: v2.PauseRequest) -> empty_pb2.Empty:
-        task = self._task(req.id)
-        system = self._own_system(task, "pause")
+        system = self._own_system(*self._located(req.id), "pause")
         await system.pause()
         self.publish(events.TaskPaused(container_id=req.id))
         return empty_pb2.Empty()
 
     async def resume(self, ctx: Context, req: v2.ResumeRequest) -> empty_pb2.Empty:
-        task = self._task(req.id)
-        system = self._own_system(task, "resume")
+        system = self._own_system(*self._located(req.id), "resume")
         await system.resume()
         self.publish(events.TaskResumed(container_id=req.id))
         return empty_pb2.Empty()
 
-    def _own_system(self, task: Task, what: str) -> Pausable:
+    def _own_system(self, pod: Pod, task: Task, what: str) -> Pausable:
         # Linux guests cannot freeze one container through the bridge; a task alone in its UVM is paused
         # by pausing the VM, which is exactly that task.
         system = task.host.system
-        pod = self.pod
-        if not task.owns_host or pod is None or len(pod.tasks) != 1 or system is None:
+        if not task.owns_host or len(pod.tasks) != 1 or system is None:
             raise TtrpcError(Code.UNIMPLEMENTED, f"{what} is only supported for a task alone in its UVM")
         return system
 
@@ -406,8 +439,8 @@ class TaskService:
         return v2.StatsResponse(stats=container_metrics(props))
 
     async def connect(self, ctx: Context, req: v2.ConnectRequest) -> v2.ConnectResponse:
-        task = self.pod.tasks.get(req.id) if self.pod is not None else None
-        return v2.ConnectResponse(shim_pid=os.getpid(), task_pid=task.init.pid if task else 0)
+        found = self._find(req.id)
+        return v2.ConnectResponse(shim_pid=os.getpid(), task_pid=found[1].init.pid if found else 0)
 
     async def shutdown(self, ctx: Context, req: v2.ShutdownRequest) -> empty_pb2.Empty:
         if self.pod is not None and self.pod.tasks and not req.now:
@@ -420,13 +453,16 @@ class TaskService:
 
     async def close(self) -> None:
         """Tear down whatever is left (SIGTERM, or Shutdown with now=true)."""
-        pod, self.pod = self.pod, None
-        if pod is None:
-            return
+        for pod in self._pods():
+            await self._close_pod(pod)
+        log.info("shim closed at %s", time.strftime("%H:%M:%S"))
+
+    async def _close_pod(self, pod: Pod) -> None:
+        """Every task of the pod deleted (best effort), then the pod itself."""
         for task in list(pod.tasks.values()):
             try:
                 await task.delete()
             except Exception as exc:
                 log.warning("task cleanup failed", extra={"task": task.id, "error": exc})
-        await pod.close()
-        log.info("shim closed at %s", time.strftime("%H:%M:%S"))
+        pod.tasks.clear()
+        await self._drop_pod(pod)
