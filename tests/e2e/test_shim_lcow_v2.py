@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 from hcsshim.api.containerd.sandbox.v1 import sandbox_pb2 as sb
 from hcsshim.api.containerd.task.v2 import shim_pb2 as task
 from hcsshim.api.runhcs.options import runhcs_pb2
+from hcsshim.api.runhcs.stats import stats_pb2
 from hcsshim.api.shimdiag import shimdiag_pb2 as diag
 from hcsshim.hcs.qemu.system import state_dir_for
 from hcsshim.shim.manager_v2 import UVM_GROUP
@@ -306,6 +307,20 @@ def test_two_pods_share_one_uvm_and_stop_alone(containerd: Containerd, tmp_path:
             assert sorted(t.id for t in listed.tasks) == ["a1", "a2", "b1"]
             stats = await call(ca, DIAG, "DiagStats", diag.VmStatsRequest(), diag.VmStatsResponse)
             assert stats.uvm_id == uvm_id and stats.vmm_pid == qemu_pids(uvm_id)[0]
+            # SandboxMetrics: the shared VM's own figures, the same QEMU for either pod.
+            for client, pod_id in ((ca, "pod-a"), (cb, "pod-b")):
+                metrics = await call(
+                    client,
+                    SANDBOX,
+                    "SandboxMetrics",
+                    sb.SandboxMetricsRequest(sandbox_id=pod_id),
+                    sb.SandboxMetricsResponse,
+                )
+                vm_stats = stats_pb2.VirtualMachineStatistics.FromString(metrics.metrics.data.value)
+                assert metrics.metrics.id == pod_id, metrics
+                assert vm_stats.processor.total_runtime_ns > 0, vm_stats
+                assert vm_stats.memory.working_set_bytes > 64 << 20, vm_stats  # QEMU's RSS
+                assert vm_stats.memory.vm_memory.assigned_memory > 0, vm_stats
             # Each pod its own UTS and network namespace, shared by its containers, and its own cgroup.
             assert (
                 a1["host"] == ["pod-a-host"] and a2["host"] == ["pod-a-host"] and b1["host"] == ["pod-b-host"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +19,7 @@ from google.protobuf.message import Message
 from hcsshim.api.containerd.sandbox.v1 import sandbox_pb2 as sb
 from hcsshim.api.containerd.task.v2 import shim_pb2 as v2
 from hcsshim.api.runhcs.options import runhcs_pb2
+from hcsshim.api.runhcs.stats import stats_pb2
 from hcsshim.api.ttrpc import request_pb2
 from hcsshim.shim import manager_v2
 from hcsshim.shim.manager import StartError
@@ -62,6 +65,15 @@ class FakeVM(FakeHost):
 
     async def start(self) -> None:
         self.starts += 1
+
+    async def properties(self) -> dict[str, Any]:
+        return {
+            "Statistics": {
+                "Processor": {"TotalRuntime100ns": 12345},
+                "Memory": {"MemoryUsagePrivateWorkingSetBytes": 300 << 20},
+            },
+            "Memory": {"VirtualMachineMemory": {"AssignedMemory": 262144}},
+        }
 
     async def add_scsi(self, host_path: str, read_only: bool = True) -> Any:
         raise AssertionError("no SCSI in these tests")
@@ -284,7 +296,6 @@ def test_lcow_v2_unimplemented_rpcs_with_fake_uvm_name_themselves(tmp_path: Path
         await h.run_container("c", "p")
         for method, req, resp in (
             ("PingSandbox", sb.PingRequest(sandbox_id="p"), sb.PingResponse),
-            ("SandboxMetrics", sb.SandboxMetricsRequest(sandbox_id="p"), sb.SandboxMetricsResponse),
             ("UpdateSandbox", sb.UpdateSandboxRequest(sandbox_id="p"), sb.UpdateSandboxResponse),
         ):
             with pytest.raises(TtrpcError) as err:
@@ -491,3 +502,64 @@ def test_lcow_v2_joiner_with_fake_uvm_cannot_ask_for_another_vm(tmp_path: Path) 
         assert len(h.vms) == 1 and "p3" not in h.service.sandboxes
 
     run(body())
+
+
+def test_lcow_v2_sandbox_metrics_with_fake_uvm_are_the_vms_figures(tmp_path: Path) -> None:
+    async def body() -> None:
+        h = V2Harness(tmp_path)
+        with pytest.raises(TtrpcError) as err:
+            await h.sandbox(
+                "SandboxMetrics", sb.SandboxMetricsRequest(sandbox_id="p"), sb.SandboxMetricsResponse
+            )
+        assert err.value.code == Code.NOT_FOUND and "p" in err.value.message
+        await h.run_pod("p")
+        resp = await h.sandbox(
+            "SandboxMetrics", sb.SandboxMetricsRequest(sandbox_id="p"), sb.SandboxMetricsResponse
+        )
+        m = resp.metrics
+        assert m.id == "p" and m.timestamp.seconds > 0
+        assert m.data.type_url == "containerd.runhcs.stats.v1.VirtualMachineStatistics"
+        vm = stats_pb2.VirtualMachineStatistics.FromString(m.data.value)
+        assert vm.processor.total_runtime_ns == 1234500
+        assert vm.memory.working_set_bytes == 300 << 20 and vm.memory.vm_memory.assigned_memory == 262144
+
+    run(body())
+
+
+def test_group_lock_file_goes_with_the_groups_last_shim_and_a_waiter_relocks_a_new_one(
+    tmp_path: Path,
+) -> None:
+    import fcntl
+    import threading
+
+    from hcsshim.shim.manager_v2 import group_lock, remove_group_lock
+
+    sock = str(tmp_path / "group.sock")
+    with group_lock(sock):
+        assert os.path.exists(sock + ".lock")
+    Path(sock).touch()  # a shim of the group serves the path: its lock stays
+    remove_group_lock(sock)
+    assert os.path.exists(sock + ".lock")
+    os.unlink(sock)
+    remove_group_lock(sock)  # the last shim is gone: so is the lock file
+    assert not os.path.exists(sock + ".lock")
+
+    # A start that opened the lock file just before the last shim removed it must not hold a lock
+    # on the removed file (a second start would lock a new one at the same time).
+    old = os.open(sock + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(old, fcntl.LOCK_EX)
+    held: list[bool] = []
+
+    def waiter() -> None:
+        with group_lock(sock):
+            st = os.stat(sock + ".lock")
+            held.append(st.st_ino != os.fstat(old).st_ino)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.2)
+    os.unlink(sock + ".lock")
+    fcntl.flock(old, fcntl.LOCK_UN)
+    t.join(10)
+    os.close(old)
+    assert held == [True]

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator
 
 from google.protobuf import timestamp_pb2
 
@@ -140,8 +141,7 @@ def start(flags: Flags, stdin_data: bytes, bundle: str, kind: ShimKind) -> bytes
         path = socket_path(grpc_address, flags.namespace, f"lcow-v2-group/{group}", socket_dir)
         shim_id = group_shim_id(group, path)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(path + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with group_lock(path):
             joined = False
             if os.path.exists(path):
                 if _connectable(path):
@@ -162,6 +162,37 @@ def start(flags: Flags, stdin_data: bytes, bundle: str, kind: ShimKind) -> bytes
     address = "unix://" + path
     write_atomic(os.path.join(bundle, ADDRESS_FILE), address)
     return start_answer_v3(start_input, address)
+
+
+@contextlib.contextmanager
+def group_lock(socket: str) -> Iterator[None]:
+    """Hold the lock of the UVM group whose shim serves ``socket`` (``<socket>.lock``). The group's
+    last shim removes the file on its way out (remove_group_lock), so a holder checks that the file
+    it locked is still the one at the path; otherwise it locked a removed file and tries again."""
+    lock_path = socket + ".lock"
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock_path).st_ino
+            except FileNotFoundError:
+                current = -1
+            if current == os.fstat(fd).st_ino:
+                yield
+                return
+        finally:
+            os.close(fd)
+
+
+def remove_group_lock(socket: str) -> None:
+    """A group shim's last act: drop the group's lock file unless a new shim of the group has bound
+    the socket path since (then the lock is that shim's)."""
+    if not os.path.exists(socket + ".lock"):
+        return
+    with group_lock(socket):
+        if not os.path.exists(socket):
+            os.unlink(socket + ".lock")
 
 
 def served_uvm_id(bundle: str, shim_id: str) -> str:

@@ -133,6 +133,11 @@ async def _serve(flags: Flags, start_input: StartInput, kind: ShimKind) -> int:
     await publisher.close(timeout=EVENT_FLUSH_TIMEOUT)
     await server.close()
     _remove_socket(flags.socket, inode)
+    if kind.sandbox_api:
+        from hcsshim.shim.manager_v2 import remove_group_lock
+
+        with contextlib.suppress(OSError, ValueError):
+            await asyncio.to_thread(remove_group_lock, socket_address(flags.socket))
     return 0
 
 

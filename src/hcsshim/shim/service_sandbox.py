@@ -14,8 +14,9 @@ and Task API v3 over one utility VM that holds several pods (reference hcsshim-v
   keep running. ShutdownSandbox deletes what is left of the pod; after the last one the UVM is
   terminated and the shim exits once the reply is sent.
 - SandboxStatus: ``SANDBOX_READY`` while the pod runs in a live UVM, else ``SANDBOX_NOTREADY``.
-- PingSandbox and SandboxMetrics answer Unimplemented (upstream's ping does too; the guest reports
-  statistics per container, not for a pod's cgroup).
+- SandboxMetrics: the UVM's own figures (QEMU's CPU time and working set, its assigned memory) as
+  upstream's VirtualMachineStatistics; a pod's containers report theirs through Task Stats.
+- PingSandbox answers Unimplemented, as upstream's does.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import any_pb2, empty_pb2
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from hcsshim.api.containerd.sandbox.v1 import sandbox_pb2 as sb
 from hcsshim.api.containerd.task.v2 import shim_pb2 as v2
-from hcsshim.api.containerd.types import platform_pb2
+from hcsshim.api.containerd.types import metrics_pb2, platform_pb2
 from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.network import PodNetwork
 from hcsshim.shim import foreign_types
@@ -48,6 +49,7 @@ from hcsshim.shim.pod_host import PodHost, SharedVM, oom_router
 from hcsshim.shim.process import State
 from hcsshim.shim.service_task import SERVICE_V3, EventSink, TaskService, timestamp
 from hcsshim.shim.spec import Role
+from hcsshim.shim.stats import pack, vm_statistics
 from hcsshim.shim.task import Task
 from hcsshim.ttrpc import Code, Context, MethodTable, Server, TtrpcError
 
@@ -423,10 +425,16 @@ class SandboxShimService(TaskService):
         raise TtrpcError(Code.UNIMPLEMENTED, "PingSandbox is not implemented")
 
     async def sandbox_metrics(self, ctx: Context, req: sb.SandboxMetricsRequest) -> sb.SandboxMetricsResponse:
-        raise TtrpcError(
-            Code.UNIMPLEMENTED,
-            "SandboxMetrics is not implemented: the guest reports statistics per container (Task Stats)",
-        )
+        """The UVM's figures, as upstream's (a VirtualMachineStatistics in a Metric): every pod of a
+        shared UVM reports the same VM; a pod's containers have their own in Task Stats."""
+        s = self._sandbox(req.sandbox_id, "SandboxMetrics")
+        if self.vm is None or not self.vm_started or s.state is not SandboxState.RUNNING:
+            raise TtrpcError(Code.FAILED_PRECONDITION, f"SandboxMetrics: sandbox {s.id} is not running")
+        props = await self.vm.properties()
+        now = timestamp_pb2.Timestamp()
+        now.GetCurrentTime()
+        metric = metrics_pb2.Metric(timestamp=now, id=s.id, data=pack(vm_statistics(props)))
+        return sb.SandboxMetricsResponse(metrics=metric)
 
     async def shutdown_sandbox(
         self, ctx: Context, req: sb.ShutdownSandboxRequest

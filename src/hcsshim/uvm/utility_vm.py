@@ -310,6 +310,10 @@ class UtilityVM:
         except OSError:
             return ""
 
+    async def properties(self) -> dict[str, Any]:
+        """The compute system's properties (HCS schema2: Statistics, Memory, the backend's own)."""
+        return await self.system.properties()
+
     def exit_reason(self) -> str:
         info = self.system.exit_info
         if info is None:

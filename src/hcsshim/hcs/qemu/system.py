@@ -569,12 +569,28 @@ class QemuComputeSystem(ComputeSystem):
         if self._exit is not None:
             props["ExitType"] = "UnexpectedExit" if self._exit.unexpected else "GracefulExit"
         if self._started_at:
+            rss = self.rss_bytes()
             props["Statistics"] = {
                 "Uptime100ns": int((time.monotonic() - self._started_at) * 1e7),
-                "Memory": {"MemoryUsageCommitBytes": self.rss_bytes()},
+                # The VMM process's CPU time stands in for HCS's VM runtime (all vCPU threads and
+                # device emulation are QEMU's), its RSS for the VM's working set.
+                "Processor": {"TotalRuntime100ns": self.cpu_time_100ns()},
+                "Memory": {"MemoryUsageCommitBytes": rss, "MemoryUsagePrivateWorkingSetBytes": rss},
             }
         props["Memory"] = {"VirtualMachineMemory": {"AssignedMemory": self.cfg.memory_mb * 256}}
         return props
+
+    def cpu_time_100ns(self) -> int:
+        """QEMU's user + system CPU time, in HCS's 100 ns units (0 once it is gone)."""
+        if self.proc is None or not self._proc_alive():
+            return 0
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return ticks * 10_000_000 // os.sysconf("SC_CLK_TCK")
 
     def rss_bytes(self) -> int:
         if self.proc is None or not self._proc_alive():
