@@ -28,7 +28,7 @@ from hcsshim.layers import vhd
 from tests.support.containerd import Containerd, available, running_containerd
 from tests.support.cri import CriClient
 from tests.support.lcow import NAME as SNAPSHOTTER
-from tests.support.lcow import LcowSnapshotter, running_lcow_snapshotter
+from tests.support.lcow import LcowSnapshotter, cri_log_text, qemu_fds, running_lcow_snapshotter
 from tests.support.oci_image import build_image, build_pause_image
 from tests.support.shim_checks import bundle_path, mounts_under, qemu_pids, wait_until
 from tests.support.uvm import boot_files
@@ -169,24 +169,6 @@ def test_malformed_layer_through_the_differ_fails_naming_it_and_leaves_nothing(l
     assert wait_until(lambda: lcow2.layer_vhds() == [], 30), lcow2.vhds()
 
 
-def _qemu_fds(pid: int, path: Path) -> int:
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
-                count += 1
-        except OSError:
-            continue
-    return count
-
-
-def _log_text(path: Path) -> str:
-    try:
-        return "\n".join(line.split(" ", 3)[-1] for line in path.read_text(errors="replace").splitlines())
-    except OSError:
-        return ""
-
-
 def test_cri_handler_snapshotter_runs_a_pod_from_differ_vhd_layers(lcow2: Lcow, tmp_path: Path) -> None:
     """The images are imported into containerd's default snapshotter only (overlayfs, CRI's global
     one); the runhcs-v1 handler names lcow, so CRI unpacks them into lcow when it creates the pod's
@@ -213,8 +195,10 @@ def test_cri_handler_snapshotter_runs_a_pod_from_differ_vhd_layers(lcow2: Lcow, 
         cid = cri.create_container(pod_id, config, "app", IMAGE, ["sh", "-c", script], "app.log")
         cri.start_container(cid)
         log = tmp_path / "app.log"
-        assert wait_until(lambda: "MOUNTINFO-END" in _log_text(log), 180), _log_text(log) + c.log_tail(40)
-        lines = _log_text(log).splitlines()
+        assert wait_until(lambda: "MOUNTINFO-END" in cri_log_text(log), 180), cri_log_text(log) + c.log_tail(
+            40
+        )
+        lines = cri_log_text(log).splitlines()
         assert lines[:2] == ["from the upper layer", "WC-GONE"], lines
         # Inside the guest the container's / is an overlay whose lower layers are SCSI disk mounts.
         (root,) = [line for line in lines if len(line.split()) > 4 and line.split()[4] == "/"]
@@ -230,9 +214,9 @@ def test_cri_handler_snapshotter_runs_a_pod_from_differ_vhd_layers(lcow2: Lcow, 
         layers = lcow2.layer_vhds()
         assert len(layers) == 2, lcow2.vhds()
         # Each layer VHD is open in QEMU (a SCSI disk); no 9p share carries a rootfs.
-        assert all(_qemu_fds(qemu, p) > 0 for p in layers), [(_qemu_fds(qemu, p), p) for p in layers]
+        assert all(qemu_fds(qemu, p) > 0 for p in layers), [(qemu_fds(qemu, p), p) for p in layers]
         scratches = sorted((lcow2.root / "snapshots").glob("*/sandbox.vhd"))
-        assert len(scratches) == 2 and all(_qemu_fds(qemu, p) > 0 for p in scratches)
+        assert len(scratches) == 2 and all(qemu_fds(qemu, p) > 0 for p in scratches)
         # CRI's per-container files (hosts, resolv.conf, ...) may travel over Plan9; a rootfs never.
         plan9_root = os.path.join(state_dir_for(f"{pod_id}@vm"), "plan9")
         shares = {p: sorted(os.listdir(p)) if os.path.isdir(p) else "file" for p in mounts_under(plan9_root)}

@@ -23,7 +23,7 @@ from hcsshim.layers import vhd
 from tests.support.containerd import Containerd, running_containerd
 from tests.support.cri import CriClient
 from tests.support.lcow import NAME as SNAPSHOTTER
-from tests.support.lcow import LcowSnapshotter, restart, running_lcow_snapshotter
+from tests.support.lcow import LcowSnapshotter, cri_log_text, qemu_fds, restart, running_lcow_snapshotter
 from tests.support.oci_image import build_image, build_pause_image
 from tests.support.shim_checks import RUNTIME, bundle_path, mounts_under, qemu_pids, wait_until
 from tests.support.uvm import boot_files
@@ -169,25 +169,6 @@ def test_malformed_layer_fails_the_unpack_naming_it_and_leaves_nothing(lcow: Lco
     c.ctr("images", "rm", "--sync", BAD_IMAGE, check=False, timeout=60)
 
 
-def _qemu_fds(pid: int, path: Path) -> int:
-    """How many of QEMU's descriptors have `path` open: one set per attachment of the disk."""
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
-                count += 1
-        except OSError:
-            continue
-    return count
-
-
-def _log_text(path: Path) -> str:
-    try:
-        return "\n".join(line.split(" ", 3)[-1] for line in path.read_text(errors="replace").splitlines())
-    except OSError:
-        return ""
-
-
 def test_cri_pod_containers_share_each_layer_attachment(lcow: Lcow, tmp_path: Path) -> None:
     """containerd 1.6's CRI with the global snapshotter set to lcow (CRI temp-mounts every container's
     snapshot on the host to read /etc/passwd and /etc/group: the host form of the mounts is used)."""
@@ -210,16 +191,16 @@ def test_cri_pod_containers_share_each_layer_attachment(lcow: Lcow, tmp_path: Pa
         for name in ("first", "second"):
             log = tmp_path / f"{name}.log"
             want = f"from the upper layer\n{name}"
-            assert wait_until(lambda p=log, w=want: w in _log_text(p), 120), _log_text(log)
+            assert wait_until(lambda p=log, w=want: w in cri_log_text(p), 120), cri_log_text(log)
         (qemu,) = qemu_pids(pod_id)
         scratches = sorted((lcow.root / "snapshots").glob("*/sandbox.vhd"))
         assert len(scratches) == 3  # the pause container's and the two containers'
-        per_attachment = _qemu_fds(qemu, scratches[0])
-        assert per_attachment > 0 and all(_qemu_fds(qemu, p) == per_attachment for p in scratches)
+        per_attachment = qemu_fds(qemu, scratches[0])
+        assert per_attachment > 0 and all(qemu_fds(qemu, p) == per_attachment for p in scratches)
         # The base layer serves all three containers, the upper layer two: each is attached once.
         layers = lcow.layer_vhds()
         assert len(layers) == 2
-        assert [_qemu_fds(qemu, p) for p in layers] == [per_attachment, per_attachment]
+        assert [qemu_fds(qemu, p) for p in layers] == [per_attachment, per_attachment]
         for task_id in (pod_id, *containers):
             assert mounts_under(bundle_path(c, task_id, "k8s.io")) == []
     finally:

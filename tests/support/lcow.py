@@ -105,3 +105,23 @@ def running_lcow_snapshotter(
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
     if left:
         raise RuntimeError(f"mounts left behind by the lcow snapshotter: {left}")
+
+
+def qemu_fds(pid: int, path: Path) -> int:
+    """How many of QEMU's descriptors have `path` open: one set per attachment of the disk."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+def cri_log_text(path: Path) -> str:
+    """A CRI container log's lines without their timestamp, stream and tag fields."""
+    try:
+        return "\n".join(line.split(" ", 3)[-1] for line in path.read_text(errors="replace").splitlines())
+    except OSError:
+        return ""
