@@ -7,7 +7,8 @@ both vCPUs translating kernel code with fork loops while a static key is flipped
 for its stacks every half second throughout: each answer must come within ANSWER_WITHIN and the
 stress must finish.
 - The scheduler's key: 3000 writes of `kernel.sched_schedstats` in a container, from its create on
-  (its first memory cgroup flips memcg_kmem, the key that froze `runc create` in the first place).
+  (memcg_kmem, the key that froze `runc create` in the first place, is on from boot: init holds the
+  keys a container's cgroup would flip, see test_init_holds_the_cgroup_static_keys_on).
 - The page allocator's key: 1500 cpuset mkdir/rmdir pairs in the UVM itself (cpusets_enabled_key),
   the hot path where the original freeze was caught.
 - The kmem tracepoints' keys: 150 enables and disables of tracefs's `events/kmem`, whose sites sit
@@ -151,7 +152,6 @@ def test_static_key_stress_keeps_the_agent_answering(tmp_path: Path) -> None:
             spec["linux"]["readonlyPaths"] = []  # the stress writes /proc/sys
 
             async def stress() -> tuple[int, bytes]:
-                # From the container's create on: its first memory cgroup flips the memcg_kmem key too.
                 await vm.bridge.create_container(cid, container_document(bundle, spec))
                 await vm.bridge.start_container(cid)
                 proc = await vm.bridge.execute_process(cid, STDIO_OUT)
@@ -180,16 +180,19 @@ CPUSET_FLIPS = 1500
 # cpusets_enabled_key guards the page allocator's hot path (every fork allocates): a child cpuset's
 # creation increments it and its removal decrements it, so with no other child cpuset each mkdir and
 # rmdir live-patches the allocator while fork loops on both vCPUs keep translating it. Run in the
-# UVM itself (no container: a container's own cpuset would hold the key at 1).
+# UVM itself (no container: a container's own cpuset would hold the key at 1), with init's
+# key-holding cgroup removed for the stress (it holds the key at 1 too) and put back after it.
 CPUSET_STRESS = f"""
 cd /sys/fs/cgroup || exit 2
 grep -qw cpuset cgroup.subtree_control || echo +cpuset > cgroup.subtree_control || exit 3
+rmdir hcsshim-keys || exit 4
 {FORK_LOOPS}i=0
 while [ $i -lt {CPUSET_FLIPS} ]; do
     mkdir hcsshim-flip && rmdir hcsshim-flip || {{ echo "mkdir/rmdir failed at $i"; break; }}
     i=$((i + 1))
 done
 kill $pids
+mkdir hcsshim-keys && echo "100000 100000" > hcsshim-keys/cpu.max
 echo "flipped $i"
 """
 

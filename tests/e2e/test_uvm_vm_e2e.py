@@ -41,6 +41,21 @@ def test_boot_negotiate_and_run_busybox(booted_uvm: BootedUvm) -> None:
     assert (code, out, err) == (7, b"hello from the uvm\n", b"")
 
 
+def test_init_holds_the_cgroup_static_keys_on(booted_uvm: BootedUvm) -> None:
+    """A container's first cgroup would live-patch kernel text (memcg_kmem, memcg_sockets,
+    cpusets_enabled, cfs_bandwidth_used) and its deletion patch most back; init turns those keys on
+    at boot and holds them with a cgroup of its own, so no container start or delete patches."""
+    code, out, err = booted_uvm.run(
+        booted_uvm.vm.exec_in_uvm(
+            ["sh", "-c", "cd /sys/fs/cgroup/hcsshim-keys && cat cgroup.controllers cpu.max"]
+        )
+    )
+    assert code == 0, (out, err)
+    controllers, quota = out.decode().splitlines()
+    assert {"memory", "cpuset", "cpu"} <= set(controllers.split()), controllers
+    assert quota == "100000 100000", quota
+
+
 def test_scsi_hot_add_read_file_in_container(booted_uvm: BootedUvm, tmp_path: Path) -> None:
     vhd = make_vhd_with_file(str(tmp_path / "data.vhd"), "greeting.txt", b"read from a hot-added VHD\n")
     vm = booted_uvm.vm

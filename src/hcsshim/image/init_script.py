@@ -153,6 +153,14 @@ fi
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
     echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
 done
+# Live-patching a static key while another vCPU runs the code being patched is what can stall a
+# guest under multi-threaded TCG. A container's first cgroup would flip several (memcg_kmem and
+# memcg_sockets with its memory cgroup, cpusets_enabled with its cpuset, cfs_bandwidth_used with a
+# CPU quota), and deleting the last container would flip most back. Turn them on here, while the
+# boot is single-file and before any template is saved, and hold them on with a cgroup that lives
+# as long as the UVM: then no container start or delete patches kernel text.
+mkdir -p /sys/fs/cgroup/hcsshim-keys 2>/dev/null &&
+    echo "100000 100000" >/sys/fs/cgroup/hcsshim-keys/cpu.max 2>/dev/null
 ln -sf /proc/self/fd /dev/fd
 ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout
