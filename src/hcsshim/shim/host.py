@@ -7,6 +7,7 @@ factory builds the UVM document with the builder's V1 pipeline (runhcs-v1 behavi
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
 import os
@@ -190,7 +191,9 @@ async def create_uvm(uvm_id: str, spec: dict[str, Any], options: runhcs_pb2.Opti
     # Read CNI's netns before booting: a missing or empty one fails the pod with no VM started.
     pod_net = await network.open_pod_network(spec)
     try:
-        document = build_uvm_document(uvm_id, spec, options)
+        # Building the document parses every annotation and the spec (a tenth of a second of CPU on
+        # a busy host): a thread, so the shim's other tasks keep answering.
+        document = await asyncio.to_thread(build_uvm_document, uvm_id, spec, options)
         vm = await create_templated_uvm(uvm_id, document, templates=templates, pool=pool)
     except BaseException:
         if pod_net is not None:

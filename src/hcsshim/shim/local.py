@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 from typing import Any
 
-from hcsshim import settings
+from hcsshim import children, settings
 from hcsshim.api.runhcs.options import runhcs_pb2
 from hcsshim.gcs.bridge import BridgeClient
 from hcsshim.gcs.connection import ExitCallback, GuestConnection, OomCallback
@@ -33,11 +31,6 @@ log = logging.getLogger("hcsshim.shim.local")
 
 CONNECT_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def state_dir(host_id: str) -> str:
@@ -140,12 +133,8 @@ async def start_agent(host_id: str, workdir: str) -> LocalHost:
     argv += ["--cgroup-parent", f"/hcsshim-local/{os.path.basename(workdir)}"]
     try:
         with open(os.path.join(workdir, "agent.log"), "ab") as agent_log:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=agent_log,
-                preexec_fn=_die_with_parent,
+            process = await children.spawn(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=agent_log
             )
         try:
             conn, _ = await asyncio.wait_for(

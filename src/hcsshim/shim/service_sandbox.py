@@ -503,6 +503,7 @@ async def create_shared_vm(
     """The shim's UVM from the V2 pipeline over the boot files (annotation, options, then the image
     cache), from its template when templates are on; created, not started."""
     import dataclasses
+    import functools
 
     from hcsshim.builder import BootFiles, build_lcow_uvm_v2, resolve_boot_files_root
     from hcsshim.shim.host import pool_config, runtime_options, templates_enabled
@@ -516,8 +517,14 @@ async def create_shared_vm(
     files = await asyncio.to_thread(
         lambda: frozenset(os.listdir(root)) if os.path.isdir(root) else frozenset()
     )
-    document, sandbox_options = build_lcow_uvm_v2(
-        owner=OWNER, annotations=annotations, options=ropts, boot_files=BootFiles(root=root, files=files)
+    document, sandbox_options = await asyncio.to_thread(
+        functools.partial(
+            build_lcow_uvm_v2,
+            owner=OWNER,
+            annotations=annotations,
+            options=ropts,
+            boot_files=BootFiles(root=root, files=files),
+        )
     )
     spec = {"annotations": annotations}
     vm = await create_uvm(

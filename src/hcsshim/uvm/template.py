@@ -99,7 +99,7 @@ class TemplateStore:
         clone taken from the warm pool when one is ready (uvm/pool.py), and the pool is refilled in
         the background. Raises ErrNotSupported where the backend cannot clone and
         TemplateUnavailable where this configuration could not be saved."""
-        doc = uvm_document(document, uvm_id)
+        doc = await asyncio.to_thread(uvm_document, document, uvm_id)
         key = await template_key(doc)
         directory = await self.ensure(key, doc)
         # Last use, for the least-recently-used pruning.
@@ -135,7 +135,7 @@ class TemplateStore:
 
     async def build_for(self, document: Any) -> tuple[str, str]:
         """(key, directory) of `document`'s template, built now unless it exists."""
-        doc = uvm_document(document, "template")
+        doc = await asyncio.to_thread(uvm_document, document, "template")
         key = await template_key(doc)
         return key, await self.ensure(key, doc)
 

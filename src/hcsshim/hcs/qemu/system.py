@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import logging
 import os
@@ -16,8 +15,8 @@ from typing import Any
 
 from qemu.qmp import EventListener, QMPClient, QMPError
 
+from hcsshim import children, procfs, settings
 from hcsshim import hvsock as mux
-from hcsshim import procfs, settings
 from hcsshim.hcs.errors import (
     ErrAlreadyExists,
     ErrComputeSystemDoesNotExist,
@@ -47,7 +46,6 @@ log = logging.getLogger(__name__)
 
 QMP_CONNECT_TIMEOUT = 15.0
 QUIT_TIMEOUT = 5.0
-_PR_SET_PDEATHSIG = 1
 
 # Live systems of this process, for open_compute_system and the already-exists check.
 _systems: dict[str, QemuComputeSystem] = {}
@@ -103,12 +101,6 @@ def sweep_stale_state(root: str) -> None:
         if not alive and not any(s.state_dir == path for s in _systems.values()):
             left = remove_tree_safely(path)
             log.info("removed stale state", extra={"path": path, "left": left})
-
-
-def _die_with_parent() -> None:
-    # A shim that dies must not leave a VM running nobody can reach.
-    libc = ctypes.CDLL(None)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _tail(path: str, limit: int = 4000) -> str:
@@ -270,12 +262,12 @@ class QemuComputeSystem(ComputeSystem):
         await self.qmp.start_server(self.paths.qmp)
         stderr = open(os.path.join(self.state_dir, "qemu.log"), "wb")  # noqa: SIM115 - handed to the child
         try:
-            self.proc = await asyncio.create_subprocess_exec(
+            # A shim that dies must not leave a VM running nobody can reach.
+            self.proc = await children.spawn(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
-                preexec_fn=_die_with_parent,
                 pass_fds=(self.vsock_host.vhost_fd,) if self.vsock_host is not None else (),
             )
         finally:
@@ -637,8 +629,9 @@ class QemuComputeSystem(ComputeSystem):
 async def template_key(document: Document) -> str:
     """The template key of the VM `document` describes (hcs/qemu/template.py); raises
     ErrNotSupported where this QEMU cannot restore clones."""
-    doc = document_to_dict(document, "", "TemplateKey")
-    cfg = await asyncio.to_thread(parse_document, doc, "", "TemplateKey")
+    cfg = await asyncio.to_thread(
+        lambda: parse_document(document_to_dict(document, "", "TemplateKey"), "", "TemplateKey")
+    )
     accel = await choose(qemu_binary(), cfg.kernel)
     ok, why = template.supported(accel.qemu_version)
     if not ok:
