@@ -402,6 +402,11 @@ def _reap(pid: int) -> None:
 
 
 def _no_fillers(root: str, key: str) -> bool:
+    """No filler of `key` in two scans 50 ms apart. Blocking. One scan can miss a filler: while
+    `chrt` execs python, the process's cmdline reads empty for a moment."""
+    if any(_fillers(root, key)):
+        return False
+    time.sleep(0.05)
     return not any(_fillers(root, key))
 
 
