@@ -24,13 +24,13 @@ lint: setup
 # event loop running on a thread, which must not share a process with CPU-bound unit tests.
 test: setup image lint
 	$(PY) -m pytest -q -m "not e2e" tests
-	$(PY) -m pytest -q -m e2e tests
+	$(PY) -m pytest -q -m e2e --durations=20 tests
 
 test-unit: setup
 	$(PY) -m pytest -q -m "not e2e" tests
 
 test-e2e: setup image
-	$(PY) -m pytest -q -m e2e tests
+	$(PY) -m pytest -q -m e2e --durations=20 tests
 
 generate: setup
 	$(PY) -m hcsshim.api.generate
