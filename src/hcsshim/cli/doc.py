@@ -113,10 +113,6 @@ def _runtime_options(data: dict[str, Any]) -> Any:
     return RuntimeOptions(**data)
 
 
-def _scan(root: str) -> frozenset[str]:
-    return frozenset(os.listdir(root)) if os.path.isdir(root) else frozenset()
-
-
 def run(ns: argparse.Namespace) -> int:
     from hcsshim.annotations import AnnotationError, unknown_annotations
     from hcsshim.builder import BuilderError
@@ -163,7 +159,11 @@ def _render(ns: argparse.Namespace) -> tuple[str, dict[str, str]]:
             options.sandbox_platform = "linux/amd64"
         default_root = ns.boot_files or _default_boot_root()
         root = builder.resolve_boot_files_root(options, spec.annotations, default_root)
-        files = _scan(root) if (ns.boot_files or os.path.isdir(root)) else builder.DEFAULT_LINUX_BOOT_FILES
+        files = (
+            _boot_file_names(root)
+            if (ns.boot_files or os.path.isdir(root))
+            else builder.DEFAULT_LINUX_BOOT_FILES
+        )
         boot = builder.BootFiles(root=root, files=files)
         if ns.pipeline == "v1":
             doc, _ = builder.build_lcow_uvm_v1(
@@ -205,3 +205,9 @@ def _default_boot_root() -> str:
     from hcsshim.uvm.document import boot_files_path
 
     return boot_files_path()
+
+
+def _boot_file_names(root: str) -> frozenset[str]:
+    from hcsshim.uvm.document import boot_file_names
+
+    return boot_file_names(root)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
-import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +20,7 @@ from hcsshim.gcs.connection import ExitCallback, OomCallback
 from hcsshim.schema import ComputeSystem
 from hcsshim.shim.io import GuestStdio
 from hcsshim.shim.spec import BundleSpec
-from hcsshim.uvm.document import boot_files_path
+from hcsshim.uvm.document import boot_file_names, boot_files_path
 
 if TYPE_CHECKING:
     from hcsshim.uvm.template import PoolConfig
@@ -122,7 +121,7 @@ def build_uvm_document(owner: str, spec: dict[str, Any], options: runhcs_pb2.Opt
     """The V1 pipeline's LCOW UVM document (runhcs-v1 behaviour) for what the compute backend can do."""
     ann = {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
     root = (options.boot_files_root_path if options is not None else "") or boot_files_path()
-    files = frozenset(os.listdir(root)) if os.path.isdir(root) else frozenset()
+    files = boot_file_names(root)
     # The Create path hands down the spec it already parsed (BundleSpec); other callers a plain dict.
     parsed = spec.parsed if isinstance(spec, BundleSpec) else oci.Spec.from_dict(spec)
     # A sandbox bundle may carry an empty spec; the V1 pipeline wants a Linux one.

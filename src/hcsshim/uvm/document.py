@@ -24,6 +24,12 @@ def boot_files_path() -> str:
     return settings.current().boot_files
 
 
+def boot_file_names(root: str) -> frozenset[str]:
+    """The names in the boot files directory `root`; none when it is not a directory (validation
+    then names the missing kernel). Blocking."""
+    return frozenset(os.listdir(root)) if os.path.isdir(root) else frozenset()
+
+
 def default_lcow_document(
     owner: str, annotations: dict[str, str] | None = None, *, boot_files: str | None = None
 ) -> ComputeSystem:
