@@ -8,6 +8,11 @@ child with SIGSEGV about one start in ten while the server is busy (the lcow sna
 VMs died that way before QMP). The signal survives the exec, and PR_SET_PDEATHSIG fires when the
 thread that started the child exits, which for these callers is their event loop's thread.
 
+setpriv sets the signal after the parent may already have died (the parent's exit between the
+spawn and the prctl goes unnoticed, and the child is reparented), so setpriv execs a shell that
+checks, after the prctl, that its parent is still the process that started it, and only then execs
+the program. Either the signal is armed while the parent lives, or the child ends by itself.
+
 Stdlib only and imports nothing of ours, so any layer may use it."""
 
 from __future__ import annotations
@@ -37,9 +42,27 @@ def setpriv() -> str:
     return found
 
 
-def dying_with_parent(argv: list[str]) -> list[str]:
-    """`argv` run so that it is SIGKILLed when the calling thread exits."""
-    return [setpriv(), "--pdeathsig", "KILL", "--", *argv]
+# $PPID is read when the shell starts, after setpriv's prctl: a parent gone by then reads as
+# another pid (init or a subreaper), and the program never runs.
+_PARENT_STILL_THERE = '[ "$PPID" = "$1" ] || exit 137; shift; exec "$@"'
+
+
+def dying_with_parent(argv: list[str], parent: int | None = None) -> list[str]:
+    """`argv` run so that it is SIGKILLed when the calling thread exits, and not run at all if its
+    parent (this process unless `parent` says otherwise) is gone before the signal is armed."""
+    expected = os.getpid() if parent is None else parent
+    return [
+        setpriv(),
+        "--pdeathsig",
+        "KILL",
+        "--",
+        "/bin/sh",
+        "-c",
+        _PARENT_STILL_THERE,
+        "sh",
+        str(expected),
+        *argv,
+    ]
 
 
 async def spawn(*argv: str, **kwargs: Any) -> asyncio.subprocess.Process:

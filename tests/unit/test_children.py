@@ -76,15 +76,34 @@ def test_children_started_from_a_busy_grpc_process_do_not_crash(tmp_path: object
     assert _crashed_starts(tmp_path, "spawn") == 0
 
 
+def _outlives_its_parent(pid: int) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                # A zombie (reparented, not yet reaped) counts as dead.
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return False
+        except FileNotFoundError:
+            return False
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    return True
+
+
 def test_a_child_is_killed_when_its_parent_dies() -> None:
     parent = subprocess.run(
         [
             sys.executable,
             "-c",
-            # os._exit: no asyncio transport cleanup kills the child; only the signal can.
-            "import asyncio, os\nfrom hcsshim import children\n"
+            # The parent waits until the child is sleep itself, so the signal is armed; then
+            # os._exit: no asyncio transport cleanup kills the child, only the signal can.
+            "import asyncio, os, shutil\nfrom hcsshim import children\n"
             "async def main():\n"
             "    p = await children.spawn('sleep', '120', stdout=-3, stderr=-3)\n"
+            "    sleep = os.path.realpath(shutil.which('sleep'))\n"
+            "    while os.path.realpath(f'/proc/{p.pid}/exe') != sleep:\n"
+            "        await asyncio.sleep(0.01)\n"
             "    print(p.pid, flush=True)\n"
             "    os._exit(0)\n"
             "asyncio.run(main())\n",
@@ -95,22 +114,23 @@ def test_a_child_is_killed_when_its_parent_dies() -> None:
         check=True,
     )
     pid = int(parent.stdout.split()[0])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        # A zombie (reparented, not yet reaped) counts as dead.
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
-        except FileNotFoundError:
-            return
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    pytest.fail(f"sleep {pid} outlived the process that started it")
+    if _outlives_its_parent(pid):
+        pytest.fail(f"sleep {pid} outlived the process that started it")
+
+
+def test_a_child_whose_parent_died_before_the_signal_was_armed_does_not_run(tmp_path: object) -> None:
+    # A parent that dies between the spawn and setpriv's prctl looks, to the child, like a parent
+    # pid that is not the one it was started with; that case is forced here with a wrong pid.
+    marker = os.path.join(str(tmp_path), "ran")
+    not_the_parent = 1
+    argv = children.dying_with_parent(["/bin/sh", "-c", f": > {marker}"], parent=not_the_parent)
+    done = subprocess.run(argv, timeout=30)
+    assert done.returncode == 137
+    assert not os.path.exists(marker)
+    # The same command with the right parent runs the program.
+    done = subprocess.run(children.dying_with_parent(["/bin/sh", "-c", f": > {marker}"]), timeout=30)
+    assert done.returncode == 0
+    assert os.path.exists(marker)
 
 
 def test_spawn_refuses_a_preexec_fn() -> None:
