@@ -18,6 +18,7 @@ from hcsshim.hcs.qemu.mounts import mounts_under
 from hcsshim.hcs.qemu.system import QemuComputeSystem
 from tests.support.uvm import (
     BootedUvm,
+    _layers,
     boot_files,
     boot_uvm,
     have_root_and_qemu,
@@ -54,6 +55,59 @@ def test_init_holds_the_cgroup_static_keys_on(booted_uvm: BootedUvm) -> None:
     controllers, quota = out.decode().splitlines()
     assert {"memory", "cpuset", "cpu"} <= set(controllers.split()), controllers
     assert quota == "100000 100000", quota
+
+
+def _device_programs(cgroup: str) -> str:
+    return (
+        "PYTHONPATH=/opt/hcsshim python3 -S -c "
+        "'from hcsshim.guest import static_keys as k; "
+        f'ids, flags = k.device_programs("{cgroup}"); print(len(ids), flags)\''
+    )
+
+
+def test_agent_holds_the_cgroup_bpf_device_key_while_containers_filter_devices(
+    booted_uvm: BootedUvm,
+) -> None:
+    """runc's device filter on a container's cgroup would turn the kernel's cgroup BPF device key on
+    with the first container and off with the last; the agent holds it with a program on the root,
+    and the container's own filter still decides below it."""
+    from hcsshim.guest.static_keys import BPF_F_ALLOW_MULTI
+
+    vm = booted_uvm.vm
+
+    def in_uvm(script: str) -> str:
+        code, out, err = booted_uvm.run(vm.exec_in_uvm(["sh", "-c", script]))
+        assert code == 0, (script, out, err)
+        return out.decode()
+
+    assert in_uvm(_device_programs("/sys/fs/cgroup")).split() == ["1", str(BPF_F_ALLOW_MULTI)]
+    cid = "devices"
+    pid = booted_uvm.run(start_busybox(vm, booted_uvm.layer.guest_path, cid, ["sleep", "1000"]))
+    try:
+        cgroup = "/sys/fs/cgroup" + in_uvm(f"cut -d: -f3 /proc/{pid}/cgroup").strip()
+        # runc attached its own filter (one program) to the container's cgroup.
+        assert in_uvm(_device_programs(cgroup)).split()[0] == "1"
+        # /dev/kmsg (1:11) is not among the container's devices: a process in its cgroup cannot
+        # open it, while one in the root cgroup, under only the allow-everything program, can.
+        opened = in_uvm(
+            ": </dev/kmsg && echo root=ok; "
+            f"sh -c 'echo $$ >{cgroup}/cgroup.procs && exec sh -c \": </dev/kmsg\"' 2>&1; echo container=$?"
+        )
+        assert opened.splitlines()[0] == "root=ok", opened
+        assert "Operation not permitted" in opened and opened.splitlines()[-1] == "container=1", opened
+    finally:
+        booted_uvm.run(vm.bridge.shutdown_forced(cid))
+        booted_uvm.run(vm.bridge.wait_process(cid, pid, timeout=30))
+        booted_uvm.run(vm.bridge.delete_container_state(cid))
+        booted_uvm.run(
+            vm.guest_modify(
+                "CombinedLayers",
+                "Remove",
+                _layers(cid, f"/run/gcs/c/{cid}/rootfs", booted_uvm.layer.guest_path),
+            )
+        )
+    # The last container is gone and the root still holds the key.
+    assert in_uvm(_device_programs("/sys/fs/cgroup")).split() == ["1", str(BPF_F_ALLOW_MULTI)]
 
 
 def test_scsi_hot_add_read_file_in_container(booted_uvm: BootedUvm, tmp_path: Path) -> None:

@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"mounts, device operations and container creation (default: ${storage.MODULES_DONE_ENV}; "
         "empty: do not wait)",
     )
+    ap.add_argument(
+        "--hold-device-key",
+        action="store_true",
+        help="attach an allow-all BPF device program to the root cgroup, so that runc's device "
+        "filters never live-patch the kernel's cgroup BPF key (in a UVM only: never on a host)",
+    )
     ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ap.add_argument("--log-format", default="text", choices=["text", "json"])
     ap.add_argument(
@@ -115,12 +121,29 @@ def _console_line(line: str) -> None:
     sys.stderr.flush()
 
 
+async def _hold_device_key() -> None:
+    try:
+        from . import static_keys
+    except ImportError:  # no ctypes in this image
+        LOG.warning("cannot hold the cgroup BPF device key (no ctypes)")
+        return
+    try:
+        attached = await asyncio.to_thread(static_keys.hold_device_filter_key)
+    except OSError as e:
+        # Containers still run; their device filters just patch the key on the way.
+        LOG.warning("cannot hold the cgroup BPF device key", extra={"error": str(e)})
+        return
+    LOG.info("cgroup BPF device key held", extra={"attached": attached})
+
+
 async def amain(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     if not set_child_subreaper():
         LOG.warning("cannot become a child subreaper (no ctypes); exit codes of exec'd processes may be lost")
     REAPER.install(loop)
     os.makedirs(args.root, exist_ok=True)
+    if args.hold_device_key:
+        await _hold_device_key()
     modules = storage.ModuleGate(args.modules_done)
     if args.transport.startswith("vsock:"):
         await modules.wait("vsock transport")  # vmw_vsock_virtio_transport may be loading still

@@ -228,8 +228,9 @@ esac
 
 say "starting agent $(cut -d' ' -f1 /proc/uptime)"
 # -S: no site module (nothing is installed in site-packages; saves ~70 ms under TCG).
+# --hold-device-key: the cgroup BPF key runc's device filters would flip, held like the keys above.
 # shellcheck disable=SC2046
-python3 -S -m hcsshim.guest --transport "$transport" $(agent_args "$@")
+python3 -S -m hcsshim.guest --transport "$transport" --hold-device-key $(agent_args "$@")
 say "agent exited with $?"
 poweroff -f
 """
