@@ -110,6 +110,56 @@ def test_agent_holds_the_cgroup_bpf_device_key_while_containers_filter_devices(
     assert in_uvm(_device_programs("/sys/fs/cgroup")).split() == ["1", str(BPF_F_ALLOW_MULTI)]
 
 
+# Every live patch of kernel text on x86 goes through text_poke_queue (jump labels in batches,
+# ftrace) or text_poke_bp (a single site, static calls): kprobes on both count them. The probes' own
+# arming patches too, so the counts are read as differences after they settle.
+_PATCH_PROBES = ("hcsshim_poke_queue text_poke_queue", "hcsshim_poke_bp text_poke_bp")
+_ARM_PATCH_PROBES = (
+    "mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing || exit 2\n"
+    "cd /sys/kernel/tracing || exit 3\n"
+    + "".join(f"echo 'p:{p}' >>kprobe_events || exit 4\n" for p in _PATCH_PROBES)
+    + "for p in hcsshim_poke_queue hcsshim_poke_bp; do echo 1 >events/kprobes/$p/enable || exit 5; done\n"
+    "sleep 1\n"
+)
+_DISARM_PATCH_PROBES = (
+    "cd /sys/kernel/tracing || exit 3\n"
+    "for p in hcsshim_poke_queue hcsshim_poke_bp; do\n"
+    '    echo 0 >events/kprobes/$p/enable; echo "-:$p" >>kprobe_events\n'
+    "done\n"
+)
+
+
+def test_a_container_start_and_delete_patch_no_kernel_text(booted_uvm: BootedUvm) -> None:
+    """What issue 9's keys are held for: with init's cgroup and the agent's device program holding
+    them on, running and deleting a container live-patches no kernel text at all (every such patch
+    is a chance for the multi-threaded TCG stall)."""
+    vm = booted_uvm.vm
+
+    def in_uvm(script: str) -> str:
+        code, out, err = booted_uvm.run(vm.exec_in_uvm(["sh", "-c", script]))
+        assert code == 0, (script, out, err)
+        return out.decode()
+
+    def patches() -> int:
+        # kprobe_profile: "<event> <hits> <misses>" per probe.
+        profile = in_uvm("cat /sys/kernel/tracing/kprobe_profile")
+        return sum(int(line.split()[1]) for line in profile.splitlines() if "hcsshim_poke" in line)
+
+    in_uvm(_ARM_PATCH_PROBES)
+    try:
+        before = patches()
+        code, out, err = booted_uvm.run_busybox("no-patch", ["sh", "-c", "echo ran"])
+        assert (code, out) == (0, b"ran\n"), (code, out, err)
+        assert patches() - before == 0
+        # The probes see a patch when there is one: a tracepoint's key flips on and off.
+        before = patches()
+        kmalloc = "/sys/kernel/tracing/events/kmem/kmalloc/enable"
+        in_uvm(f"echo 1 >{kmalloc} && echo 0 >{kmalloc}")
+        assert patches() - before > 0
+    finally:
+        in_uvm(_DISARM_PATCH_PROBES)
+
+
 def test_scsi_hot_add_read_file_in_container(booted_uvm: BootedUvm, tmp_path: Path) -> None:
     vhd = make_vhd_with_file(str(tmp_path / "data.vhd"), "greeting.txt", b"read from a hot-added VHD\n")
     vm = booted_uvm.vm
