@@ -8,7 +8,7 @@ import pytest
 
 from hcsshim.gcs.bridge import BridgeTimeoutError
 from hcsshim.hcs.qemu.system import QemuComputeSystem
-from tests.support.uvm import BootedUvm, start_busybox
+from tests.support.uvm import BootedUvm, start_busybox, stop_busybox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root, pytest.mark.timeout(300)]
 
@@ -25,10 +25,7 @@ def test_timeout_against_a_live_kernel_says_the_agent_is_not_answering(booted_uv
         assert "guest kernel is alive (it answered SysRq); the agent is not answering" in message
         assert "task:python3" in message  # the agent's own line of the task dump
     finally:
-        booted_uvm.run(vm.bridge.shutdown_forced("diag-live"))
-        booted_uvm.run(vm.bridge.wait_process("diag-live", pid, timeout=30))
-        booted_uvm.run(vm.bridge.delete_container_state("diag-live"))
-        booted_uvm.run(vm.guest_modify("CombinedLayers", "Remove", _layers("diag-live", booted_uvm)))
+        booted_uvm.run(stop_busybox(vm, booted_uvm.layer.guest_path, "diag-live", pid))
 
 
 def test_timeout_against_a_frozen_guest_says_the_kernel_is_stuck(booted_uvm: BootedUvm) -> None:
@@ -45,9 +42,3 @@ def test_timeout_against_a_frozen_guest_says_the_kernel_is_stuck(booted_uvm: Boo
     finally:
         booted_uvm.run(system.execute("test", "cont"))
     assert "thread" in booted_uvm.run(vm.bridge.dump_stacks(timeout=60))
-
-
-def _layers(cid: str, booted: BootedUvm) -> dict[str, object]:
-    from tests.support.uvm import _layers as layers
-
-    return layers(cid, f"/run/gcs/c/{cid}/rootfs", booted.layer.guest_path)

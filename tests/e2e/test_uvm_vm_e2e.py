@@ -18,13 +18,13 @@ from hcsshim.hcs.qemu.mounts import mounts_under
 from hcsshim.hcs.qemu.system import QemuComputeSystem
 from tests.support.uvm import (
     BootedUvm,
-    _layers,
     boot_files,
     boot_uvm,
     have_root_and_qemu,
     make_busybox_vhd,
     make_vhd_with_file,
     start_busybox,
+    stop_busybox,
 )
 
 pytestmark = [
@@ -75,55 +75,42 @@ def test_agent_holds_the_cgroup_bpf_device_key_while_containers_filter_devices(
 
     vm = booted_uvm.vm
 
-    def in_uvm(script: str) -> str:
-        code, out, err = booted_uvm.run(vm.exec_in_uvm(["sh", "-c", script]))
-        assert code == 0, (script, out, err)
-        return out.decode()
-
-    assert in_uvm(_device_programs("/sys/fs/cgroup")).split() == ["1", str(BPF_F_ALLOW_MULTI)]
+    assert booted_uvm.sh(_device_programs("/sys/fs/cgroup")).split() == ["1", str(BPF_F_ALLOW_MULTI)]
     cid = "devices"
     pid = booted_uvm.run(start_busybox(vm, booted_uvm.layer.guest_path, cid, ["sleep", "1000"]))
     try:
-        cgroup = "/sys/fs/cgroup" + in_uvm(f"cut -d: -f3 /proc/{pid}/cgroup").strip()
+        cgroup = "/sys/fs/cgroup" + booted_uvm.sh(f"cut -d: -f3 /proc/{pid}/cgroup").strip()
         # runc attached its own filter (one program) to the container's cgroup.
-        assert in_uvm(_device_programs(cgroup)).split()[0] == "1"
+        assert booted_uvm.sh(_device_programs(cgroup)).split()[0] == "1"
         # /dev/kmsg (1:11) is not among the container's devices: a process in its cgroup cannot
         # open it, while one in the root cgroup, under only the allow-everything program, can.
-        opened = in_uvm(
+        opened = booted_uvm.sh(
             ": </dev/kmsg && echo root=ok; "
             f"sh -c 'echo $$ >{cgroup}/cgroup.procs && exec sh -c \": </dev/kmsg\"' 2>&1; echo container=$?"
         )
         assert opened.splitlines()[0] == "root=ok", opened
         assert "Operation not permitted" in opened and opened.splitlines()[-1] == "container=1", opened
     finally:
-        booted_uvm.run(vm.bridge.shutdown_forced(cid))
-        booted_uvm.run(vm.bridge.wait_process(cid, pid, timeout=30))
-        booted_uvm.run(vm.bridge.delete_container_state(cid))
-        booted_uvm.run(
-            vm.guest_modify(
-                "CombinedLayers",
-                "Remove",
-                _layers(cid, f"/run/gcs/c/{cid}/rootfs", booted_uvm.layer.guest_path),
-            )
-        )
+        booted_uvm.run(stop_busybox(vm, booted_uvm.layer.guest_path, cid, pid))
     # The last container is gone and the root still holds the key.
-    assert in_uvm(_device_programs("/sys/fs/cgroup")).split() == ["1", str(BPF_F_ALLOW_MULTI)]
+    assert booted_uvm.sh(_device_programs("/sys/fs/cgroup")).split() == ["1", str(BPF_F_ALLOW_MULTI)]
 
 
 # Every live patch of kernel text on x86 goes through text_poke_queue (jump labels in batches,
 # ftrace) or text_poke_bp (a single site, static calls): kprobes on both count them. The probes' own
 # arming patches too, so the counts are read as differences after they settle.
-_PATCH_PROBES = ("hcsshim_poke_queue text_poke_queue", "hcsshim_poke_bp text_poke_bp")
+_PATCH_PROBES = {"hcsshim_poke_queue": "text_poke_queue", "hcsshim_poke_bp": "text_poke_bp"}
+_PROBE_NAMES = " ".join(_PATCH_PROBES)
 _ARM_PATCH_PROBES = (
     "mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing || exit 2\n"
     "cd /sys/kernel/tracing || exit 3\n"
-    + "".join(f"echo 'p:{p}' >>kprobe_events || exit 4\n" for p in _PATCH_PROBES)
-    + "for p in hcsshim_poke_queue hcsshim_poke_bp; do echo 1 >events/kprobes/$p/enable || exit 5; done\n"
+    + "".join(f"echo 'p:{name} {fn}' >>kprobe_events || exit 4\n" for name, fn in _PATCH_PROBES.items())
+    + f"for p in {_PROBE_NAMES}; do echo 1 >events/kprobes/$p/enable || exit 5; done\n"
     "sleep 1\n"
 )
 _DISARM_PATCH_PROBES = (
     "cd /sys/kernel/tracing || exit 3\n"
-    "for p in hcsshim_poke_queue hcsshim_poke_bp; do\n"
+    f"for p in {_PROBE_NAMES}; do\n"
     '    echo 0 >events/kprobes/$p/enable; echo "-:$p" >>kprobe_events\n'
     "done\n"
 )
@@ -133,19 +120,14 @@ def test_a_container_start_and_delete_patch_no_kernel_text(booted_uvm: BootedUvm
     """What issue 9's keys are held for: with init's cgroup and the agent's device program holding
     them on, running and deleting a container live-patches no kernel text at all (every such patch
     is a chance for the multi-threaded TCG stall)."""
-    vm = booted_uvm.vm
-
-    def in_uvm(script: str) -> str:
-        code, out, err = booted_uvm.run(vm.exec_in_uvm(["sh", "-c", script]))
-        assert code == 0, (script, out, err)
-        return out.decode()
 
     def patches() -> int:
         # kprobe_profile: "<event> <hits> <misses>" per probe.
-        profile = in_uvm("cat /sys/kernel/tracing/kprobe_profile")
-        return sum(int(line.split()[1]) for line in profile.splitlines() if "hcsshim_poke" in line)
+        profile = booted_uvm.sh("cat /sys/kernel/tracing/kprobe_profile")
+        rows = [line.split() for line in profile.splitlines()]
+        return sum(int(row[1]) for row in rows if row and row[0] in _PATCH_PROBES)
 
-    in_uvm(_ARM_PATCH_PROBES)
+    booted_uvm.sh(_ARM_PATCH_PROBES)
     try:
         before = patches()
         code, out, err = booted_uvm.run_busybox("no-patch", ["sh", "-c", "echo ran"])
@@ -154,10 +136,10 @@ def test_a_container_start_and_delete_patch_no_kernel_text(booted_uvm: BootedUvm
         # The probes see a patch when there is one: a tracepoint's key flips on and off.
         before = patches()
         kmalloc = "/sys/kernel/tracing/events/kmem/kmalloc/enable"
-        in_uvm(f"echo 1 >{kmalloc} && echo 0 >{kmalloc}")
+        booted_uvm.sh(f"echo 1 >{kmalloc} && echo 0 >{kmalloc}")
         assert patches() - before > 0
     finally:
-        in_uvm(_DISARM_PATCH_PROBES)
+        booted_uvm.sh(_DISARM_PATCH_PROBES)
 
 
 def test_scsi_hot_add_read_file_in_container(booted_uvm: BootedUvm, tmp_path: Path) -> None:

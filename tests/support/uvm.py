@@ -139,6 +139,12 @@ class BootedUvm:
     ) -> tuple[int, bytes, bytes]:
         return self.run(run_busybox(self.vm, self.layer.guest_path, cid, args, mounts))
 
+    def sh(self, script: str) -> str:
+        """`script` run by sh in the UVM (not in a container); its stdout. Fails unless it exits 0."""
+        code, out, err = self.run(self.vm.exec_in_uvm(["sh", "-c", script]))
+        assert code == 0, (script, out, err)
+        return out.decode()
+
 
 def _layers(cid: str, root: str, layer: str) -> dict[str, Any]:
     # A scratch on the guest's /run tmpfs: overlayfs refuses a single lower layer without an upper.
@@ -172,6 +178,14 @@ async def start_busybox(vm: UtilityVM, layer: str, cid: str, args: list[str]) ->
     await vm.bridge.start_container(cid)
     proc = await vm.bridge.execute_process(cid, {})
     return int(proc.pid)
+
+
+async def stop_busybox(vm: UtilityVM, layer: str, cid: str, pid: int) -> None:
+    """Kill, reap and delete a container start_busybox started, and remove its layers."""
+    await vm.bridge.shutdown_forced(cid)
+    await vm.bridge.wait_process(cid, pid, timeout=30)
+    await vm.bridge.delete_container_state(cid)
+    await vm.guest_modify("CombinedLayers", "Remove", _layers(cid, f"/run/gcs/c/{cid}/rootfs", layer))
 
 
 async def run_busybox(

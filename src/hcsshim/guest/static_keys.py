@@ -16,6 +16,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+from .syscalls import libc
+
 # include/uapi/linux/bpf.h
 BPF_PROG_LOAD = 5
 BPF_PROG_ATTACH = 8
@@ -75,23 +77,26 @@ def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
     number = _SYSCALL_BPF.get(machine)
     if number is None:
         raise OSError(f"{what}: no bpf() syscall number known for {machine}")
-    libc = ctypes.CDLL(None, use_errno=True)
-    ret = int(libc.syscall(ctypes.c_long(number), cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
+    ret = int(libc().syscall(ctypes.c_long(number), cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
     return ret
 
 
+def _query(fd: int, cgroup: str) -> tuple[list[int], int]:
+    ids = (ctypes.c_uint32 * 64)()
+    q = _ProgQuery(target_fd=fd, attach_type=BPF_CGROUP_DEVICE, prog_cnt=len(ids))
+    q.prog_ids = ctypes.addressof(ids)
+    _bpf(BPF_PROG_QUERY, q, f"query the device programs of {cgroup}")
+    return [ids[i] for i in range(q.prog_cnt)], q.attach_flags
+
+
 def device_programs(cgroup: str) -> tuple[list[int], int]:
     """The ids of the device programs attached to `cgroup` itself, and their attach flags."""
     fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        ids = (ctypes.c_uint32 * 64)()
-        q = _ProgQuery(target_fd=fd, attach_type=BPF_CGROUP_DEVICE, prog_cnt=len(ids))
-        q.prog_ids = ctypes.addressof(ids)
-        _bpf(BPF_PROG_QUERY, q, f"query the device programs of {cgroup}")
-        return [ids[i] for i in range(q.prog_cnt)], q.attach_flags
+        return _query(fd, cgroup)
     finally:
         os.close(fd)
 
@@ -99,21 +104,20 @@ def device_programs(cgroup: str) -> tuple[list[int], int]:
 def hold_device_filter_key(cgroup_root: str = "/sys/fs/cgroup") -> bool:
     """Attach the allow-everything device program to `cgroup_root` unless a device program is
     there already (an agent started twice in one UVM). True when this call attached it."""
-    attached, _ = device_programs(cgroup_root)
-    if attached:
-        return False
-    insns = ctypes.create_string_buffer(ALLOW_ALL, len(ALLOW_ALL))
-    license_ = ctypes.create_string_buffer(b"GPL")
-    load = _ProgLoad(
-        prog_type=BPF_PROG_TYPE_CGROUP_DEVICE,
-        insn_cnt=len(ALLOW_ALL) // 8,
-        insns=ctypes.addressof(insns),
-        license=ctypes.addressof(license_),
-        prog_name=PROGRAM_NAME,
-    )
-    prog = _bpf(BPF_PROG_LOAD, load, "load the allow-all device program")
+    fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY)
+        if _query(fd, cgroup_root)[0]:
+            return False
+        insns = ctypes.create_string_buffer(ALLOW_ALL, len(ALLOW_ALL))
+        license_ = ctypes.create_string_buffer(b"GPL")
+        load = _ProgLoad(
+            prog_type=BPF_PROG_TYPE_CGROUP_DEVICE,
+            insn_cnt=len(ALLOW_ALL) // 8,
+            insns=ctypes.addressof(insns),
+            license=ctypes.addressof(license_),
+            prog_name=PROGRAM_NAME,
+        )
+        prog = _bpf(BPF_PROG_LOAD, load, "load the allow-all device program")
         try:
             attach = _ProgAttach(
                 target_fd=fd,
@@ -123,8 +127,8 @@ def hold_device_filter_key(cgroup_root: str = "/sys/fs/cgroup") -> bool:
             )
             _bpf(BPF_PROG_ATTACH, attach, f"attach the allow-all device program to {cgroup_root}")
         finally:
-            os.close(fd)
+            # The cgroup holds the program now; the fd is not needed to keep it attached.
+            os.close(prog)
+        return True
     finally:
-        # The cgroup holds the program now; the fd is not needed to keep it attached.
-        os.close(prog)
-    return True
+        os.close(fd)

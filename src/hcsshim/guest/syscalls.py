@@ -42,6 +42,13 @@ def _load_libc() -> Any:
 _libc = _load_libc()
 
 
+def libc() -> Any:
+    """The agent's one handle on libc (errno kept); OSError in an image without ctypes."""
+    if _libc is None:
+        raise OSError("no ctypes in this image: libc cannot be called")
+    return _libc
+
+
 def _check(ret: int, what: str) -> None:
     if ret != 0:
         import ctypes
